@@ -1,0 +1,71 @@
+"""The data contracts between stages (see docs/architecture.md): columns and parquet I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+MANIFEST_COLUMNS = ["image_id", "path", "sha256", "width", "height", "label", "group", "split", "source"]
+QUARANTINE_COLUMNS = ["path", "reason", "detail", "stage"]
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """One dropped item: ``reason`` is a stable code, ``detail`` one sentence for people."""
+
+    path: str
+    reason: str
+    detail: str
+    stage: str
+
+
+def image_id_from_sha256(sha256: str) -> str:
+    """Stable id from content: the same bytes get the same id in every run and on every machine."""
+    return sha256[:16]
+
+
+def manifest_frame(rows: list[dict]) -> pd.DataFrame:
+    """A manifest with the contract's columns and dtypes, sorted by path for stable output."""
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    frame = frame.astype(
+        {
+            "image_id": "string",
+            "path": "string",
+            "sha256": "string",
+            "width": "int64",
+            "height": "int64",
+            "label": "string",
+            "group": "string",
+            "split": "string",
+            "source": "string",
+        }
+    )
+    return frame.sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def quarantine_frame(entries: list[QuarantineEntry]) -> pd.DataFrame:
+    frame = pd.DataFrame([asdict(e) for e in entries], columns=QUARANTINE_COLUMNS).astype("string")
+    return frame.sort_values(["path", "reason"], kind="stable").reset_index(drop=True)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def write_json(data: object, path: Path) -> None:
+    """Stable JSON (sorted keys, trailing newline) so DVC sees no change when nothing changed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_classes(path: Path) -> list[str]:
+    return list(json.loads(path.read_text(encoding="utf-8")))
