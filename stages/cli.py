@@ -22,9 +22,7 @@ log = logging.getLogger("stages")
 
 def configure_logging() -> None:
     """Plain timestamped lines: readable in a terminal, in DVC's output and in CI logs."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def stage_main(name: str, run: Callable[[Params], Any], argv: list[str] | None = None) -> int:

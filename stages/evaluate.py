@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
 from tqdm import tqdm
 
 from stages.cli import exit_with
@@ -35,10 +41,10 @@ def headline_metrics(num_classes: int) -> dict[str, Metric]:
     labels = list(range(num_classes))
     return {
         "accuracy": accuracy_score,
-        "precision_macro": lambda t, p: precision_score(t, p, labels=labels, average="macro",
-                                                        zero_division=0),
-        "recall_macro": lambda t, p: recall_score(t, p, labels=labels, average="macro",
-                                                  zero_division=0),
+        "precision_macro": lambda t, p: precision_score(
+            t, p, labels=labels, average="macro", zero_division=0
+        ),
+        "recall_macro": lambda t, p: recall_score(t, p, labels=labels, average="macro", zero_division=0),
         "f1_macro": lambda t, p: f1_score(t, p, labels=labels, average="macro", zero_division=0),
     }
 
@@ -50,9 +56,11 @@ class EvaluateResult:
 
     def __str__(self) -> str:
         m = self.metrics
-        return (f"{m['split']} accuracy {m['accuracy']:.3f} "
-                f"[{m.get('accuracy_ci_low', float('nan')):.3f}, "
-                f"{m.get('accuracy_ci_high', float('nan')):.3f}] on {m['images']} images")
+        return (
+            f"{m['split']} accuracy {m['accuracy']:.3f} "
+            f"[{m.get('accuracy_ci_low', float('nan')):.3f}, "
+            f"{m.get('accuracy_ci_high', float('nan')):.3f}] on {m['images']} images"
+        )
 
 
 def run(params: Params) -> EvaluateResult:
@@ -60,28 +68,29 @@ def run(params: Params) -> EvaluateResult:
     layout = Layout(params.paths)
     model, meta = load_checkpoint(layout.classifier)
     classes: list[str] = meta["classes"]
-    frame = read_parquet(layout.manifest).merge(read_parquet(layout.splits), on="image_id",
-                                                suffixes=("_source", ""))
+    frame = read_parquet(layout.manifest).merge(
+        read_parquet(layout.splits), on="image_id", suffixes=("_source", "")
+    )
     rows = frame[frame["split"] == params.evaluate.split].sort_values("image_id")
     if rows.empty:
-        raise UserError(f"the {params.evaluate.split} split is empty; set split.fractions so it "
-                        "gets images.")
+        raise UserError(f"the {params.evaluate.split} split is empty; set split.fractions so it gets images.")
     device = resolve_device(params.train.device)
-    probabilities = predict(model, [params.data.source / p for p in rows["path"]], device,
-                            params.train.feature_batch_size)
+    probabilities = predict(
+        model, [params.data.source / p for p in rows["path"]], device, params.train.feature_batch_size
+    )
     index = {name: i for i, name in enumerate(classes)}
     y_true = rows["label"].map(index).to_numpy(dtype=np.int64)
     predictions = predictions_frame(rows, probabilities, classes)
-    metrics = compute_metrics(y_true, probabilities.argmax(1), len(classes), params.evaluate,
-                              params.base.seed)
+    metrics = compute_metrics(
+        y_true, probabilities.argmax(1), len(classes), params.evaluate, params.base.seed
+    )
     metrics["split"] = params.evaluate.split
     metrics["images"] = len(rows)
 
     write_json(metrics, layout.metrics)
     write_parquet(predictions, layout.predictions)
     write_confusion(predictions, layout.plots_dir / "confusion.json")
-    write_json(per_class_table(y_true, probabilities.argmax(1), classes),
-               layout.plots_dir / "per_class.json")
+    write_json(per_class_table(y_true, probabilities.argmax(1), classes), layout.plots_dir / "per_class.json")
     return EvaluateResult(metrics, predictions)
 
 
@@ -91,8 +100,9 @@ def predict(model, files: list[Path], device: torch.device, batch_size: int) -> 
     network = model.model.to(device).eval()
     transform = model.preprocessing.transform()
     outputs = []
-    for start in tqdm(range(0, len(files), batch_size), desc="evaluate: predicting", unit="batch",
-                      leave=False):
+    for start in tqdm(
+        range(0, len(files), batch_size), desc="evaluate: predicting", unit="batch", leave=False
+    ):
         batch = torch.stack([transform(load_rgb(f)) for f in files[start : start + batch_size]])
         outputs.append(torch.softmax(network(batch.to(device)).float(), dim=1).cpu().numpy())
     return np.concatenate(outputs)
@@ -100,36 +110,44 @@ def predict(model, files: list[Path], device: torch.device, batch_size: int) -> 
 
 def predictions_frame(rows: pd.DataFrame, probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:
     predicted = probabilities.argmax(1)
-    frame = pd.DataFrame({
-        "image_id": rows["image_id"].to_numpy(),
-        "path": rows["path"].to_numpy(),
-        "label": rows["label"].to_numpy(),
-        "prediction": [classes[i] for i in predicted],
-        "confidence": probabilities.max(1),
-    })
+    frame = pd.DataFrame(
+        {
+            "image_id": rows["image_id"].to_numpy(),
+            "path": rows["path"].to_numpy(),
+            "label": rows["label"].to_numpy(),
+            "prediction": [classes[i] for i in predicted],
+            "confidence": probabilities.max(1),
+        }
+    )
     for i, name in enumerate(classes):
         frame[f"score_{name}"] = probabilities[:, i]
     return frame
 
 
-def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int,
-                    params: EvaluateSection, seed: int) -> dict:
+def compute_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, params: EvaluateSection, seed: int
+) -> dict:
     """Point values plus percentile-bootstrap intervals over images (seeded)."""
     metrics: dict[str, float | int | str] = {}
     functions = headline_metrics(num_classes)
     for name, fn in functions.items():
         metrics[name] = round(float(fn(y_true, y_pred)), 6)
     if params.bootstrap:
-        intervals = bootstrap_intervals(y_true, y_pred, functions, params.bootstrap,
-                                        params.confidence, seed)
+        intervals = bootstrap_intervals(y_true, y_pred, functions, params.bootstrap, params.confidence, seed)
         for name, (low, high) in intervals.items():
             metrics[f"{name}_ci_low"] = round(low, 6)
             metrics[f"{name}_ci_high"] = round(high, 6)
     return metrics
 
 
-def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, functions: dict[str, Metric],
-                        resamples: int, confidence: float, seed: int) -> dict[str, tuple[float, float]]:
+def bootstrap_intervals(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    functions: dict[str, Metric],
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, tuple[float, float]]:
     rng = np.random.default_rng(seed)
     n = len(y_true)
     samples: dict[str, list[float]] = {name: [] for name in functions}
@@ -138,8 +156,9 @@ def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, functions: dict[
         for name, fn in functions.items():
             samples[name].append(float(fn(y_true[pick], y_pred[pick])))
     alpha = (1 - confidence) / 2
-    return {name: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha)))
-            for name, v in samples.items()}
+    return {
+        name: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) for name, v in samples.items()
+    }
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict]:
@@ -149,9 +168,13 @@ def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) 
     f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     support = np.bincount(y_true, minlength=len(classes))
     return [
-        {"class": name, "precision": round(float(precision[i]), 6),
-         "recall": round(float(recall[i]), 6), "f1": round(float(f1[i]), 6),
-         "support": int(support[i])}
+        {
+            "class": name,
+            "precision": round(float(precision[i]), 6),
+            "recall": round(float(recall[i]), 6),
+            "f1": round(float(f1[i]), 6),
+            "support": int(support[i]),
+        }
         for i, name in enumerate(classes)
     ]
 
@@ -162,8 +185,10 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
 
 def write_confusion(predictions: pd.DataFrame, path: Path) -> None:
     """Rows of {actual, predicted} for DVC's ``confusion`` plot template."""
-    rows = [{"actual": a, "predicted": p}
-            for a, p in zip(predictions["label"], predictions["prediction"], strict=True)]
+    rows = [
+        {"actual": a, "predicted": p}
+        for a, p in zip(predictions["label"], predictions["prediction"], strict=True)
+    ]
     write_json(rows, path)
 
 

@@ -51,8 +51,9 @@ def view_seed(seed: int, sha256: str, view: int) -> int:
 
 
 class FeatureCache:
-    def __init__(self, root: Path, backbone: Backbone, backbone_name: str,
-                 policy: A.Compose | None, seed: int) -> None:
+    def __init__(
+        self, root: Path, backbone: Backbone, backbone_name: str, policy: A.Compose | None, seed: int
+    ) -> None:
         self.dir = root / model_key(backbone, backbone_name)
         self.backbone = backbone
         self.policy = policy
@@ -67,8 +68,9 @@ class FeatureCache:
             name = f"{request.sha256}_{self.policy_id}_s{self.seed}_v{request.view}.npy"
         return self.dir / request.sha256[:2] / name
 
-    def get(self, requests: Sequence[FeatureRequest], device: torch.device,
-            batch_size: int, desc: str) -> np.ndarray:
+    def get(
+        self, requests: Sequence[FeatureRequest], device: torch.device, batch_size: int, desc: str
+    ) -> np.ndarray:
         """Features for every request, in order; computes and stores only what is missing."""
         missing = [r for r in requests if not self.path(r).is_file()]
         if missing:
@@ -76,8 +78,9 @@ class FeatureCache:
         return np.stack([np.load(self.path(r)) for r in requests]) if requests else np.zeros((0, 0))
 
     @torch.inference_mode()
-    def _compute(self, requests: list[FeatureRequest], device: torch.device, batch_size: int,
-                 desc: str) -> None:
+    def _compute(
+        self, requests: list[FeatureRequest], device: torch.device, batch_size: int, desc: str
+    ) -> None:
         model = self.backbone.model.to(device).eval()
         transform = self.backbone.preprocessing.transform()
         for start in tqdm(range(0, len(requests), batch_size), desc=desc, unit="batch", leave=False):

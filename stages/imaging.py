@@ -65,9 +65,7 @@ def read_header(path: Path) -> ImageHeader:
                 frames=getattr(image, "n_frames", 1),
             )
     except UnidentifiedImageError:
-        raise ImageReadError(
-            "not_an_image", f"{path.name} is not an image Pillow can identify."
-        ) from None
+        raise ImageReadError("not_an_image", f"{path.name} is not an image Pillow can identify.") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError("corrupt_header", f"{path.name} has an unreadable header ({exc}).") from None
 

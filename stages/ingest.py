@@ -111,7 +111,8 @@ def resolve_duplicates(rows: list[dict]) -> tuple[list[dict], list[QuarantineEnt
             kept.append(copies[0])
             dropped.extend(
                 QuarantineEntry(
-                    c["path"], "duplicate",
+                    c["path"],
+                    "duplicate",
                     f"{c['path']} has the same bytes and label as {copies[0]['path']}, which is kept.",
                     STAGE,
                 )
@@ -122,7 +123,8 @@ def resolve_duplicates(rows: list[dict]) -> tuple[list[dict], list[QuarantineEnt
             others = ", ".join(c["path"] for c in copies)
             dropped.extend(
                 QuarantineEntry(
-                    c["path"], "duplicate_conflicting_labels",
+                    c["path"],
+                    "duplicate_conflicting_labels",
                     f"the same image appears with different labels ({names}): {others}.",
                     STAGE,
                 )

@@ -46,19 +46,26 @@ class PathsSection(Section):
 
 class IngestSection(Section):
     image_extensions: tuple[str, ...] = (
-        ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
     )
     ignore_files: tuple[str, ...] = (".DS_Store", "Thumbs.db", "desktop.ini")
 
 
 class ValidateSection(Section):
     max_pixels: int = Field(
-        89_478_485, gt=0, description="Refuse images whose declared width*height exceeds this (before decoding)."
+        89_478_485,
+        gt=0,
+        description="Refuse images whose declared width*height exceeds this (before decoding).",
     )
     min_side: int = Field(16, ge=1, description="Quarantine images whose shorter side is below this.")
-    min_images_per_class: int = Field(
-        5, ge=1, description="Fewer images than this in a class is a warning."
-    )
+    min_images_per_class: int = Field(5, ge=1, description="Fewer images than this in a class is a warning.")
     workers: int = Field(2, ge=1, description="Processes decoding images in parallel.")
 
 
@@ -77,9 +84,7 @@ class SplitFractions(Section):
 
 class SplitSection(Section):
     fractions: SplitFractions = SplitFractions()
-    honour_predefined: bool = Field(
-        True, description="Keep the train/val/test folders a source already has."
-    )
+    honour_predefined: bool = Field(True, description="Keep the train/val/test folders a source already has.")
 
 
 class TransformSpec(Section):
@@ -114,8 +119,8 @@ class TrainSection(Section):
     )
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.01, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    lr: float = Field(0.001, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     patience: int = Field(10, ge=1, description="Early stopping: epochs without val improvement.")
     aug_views: int = Field(
@@ -200,9 +205,7 @@ def _allowed_keys(parent: list[str]) -> list[str]:
     for part in parent:
         if part.isdigit():  # an item of a list: same model as the list's elements
             continue
-        field = next(
-            (f for n, f in model.model_fields.items() if (f.alias or n) == part), None
-        )
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
         nested = _find_model(field.annotation) if field else None
         if nested is None:
             return []

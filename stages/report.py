@@ -13,14 +13,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from stages.cli import exit_with  # noqa: E402
-from stages.layout import Layout  # noqa: E402
-from stages.manifest import read_classes, read_parquet  # noqa: E402
-from stages.params import Params  # noqa: E402
+from stages.cli import exit_with
+from stages.layout import Layout
+from stages.manifest import read_classes, read_parquet
+from stages.params import Params
 
 STAGE = "report"
 HEADLINE = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
@@ -49,13 +49,21 @@ def run(params: Params) -> ReportResult:
     return ReportResult(layout.report)
 
 
-def render_markdown(params: Params, layout: Layout, metrics: dict, predictions: pd.DataFrame,
-                    classes: list[str], confusion_png: Path, curves_png: Path | None) -> str:
+def render_markdown(
+    params: Params,
+    layout: Layout,
+    metrics: dict,
+    predictions: pd.DataFrame,
+    classes: list[str],
+    confusion_png: Path,
+    curves_png: Path | None,
+) -> str:
     here = layout.report.parent
     validation = _read_json(layout.validation_report)
     audit = _read_json(layout.split_audit)
-    quarantine = pd.concat([read_parquet(layout.ingest_quarantine),
-                            read_parquet(layout.validate_quarantine)], ignore_index=True)
+    quarantine = pd.concat(
+        [read_parquet(layout.ingest_quarantine), read_parquet(layout.validate_quarantine)], ignore_index=True
+    )
     per_class = _read_json(layout.plots_dir / "per_class.json")
     lines = [
         f"# {params.report.title}",
@@ -85,24 +93,38 @@ def render_markdown(params: Params, layout: Layout, metrics: dict, predictions: 
         lines += ["", "| stage | reason | items |", "|---|---|---|"]
         lines += [f"| {stage} | {reason} | {n} |" for (stage, reason), n in counts.items()]
     lines += [f"- warning: {w}" for w in validation["warnings"] + audit["warnings"]]
-    lines += ["", "## Split", "", "| split | images | " + " | ".join(classes) + " |",
-              "|---|---|" + "---|" * len(classes)]
+    lines += [
+        "",
+        "## Split",
+        "",
+        "| split | images | " + " | ".join(classes) + " |",
+        "|---|---|" + "---|" * len(classes),
+    ]
     for name, info in audit["splits"].items():
         counts = [str(info["class_counts"].get(c, 0)) for c in classes]
         lines.append(f"| {name} | {info['images']} | " + " | ".join(counts) + " |")
-    lines += ["", f"Largest class-share deviation from the whole: "
-              f"{audit['max_class_share_deviation']:.3f}; identical images across splits: "
-              f"{audit['exact_duplicates_across_splits']}."]
-    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
-              f"{r['support']} |" for r in per_class]
+    lines += [
+        "",
+        f"Largest class-share deviation from the whole: "
+        f"{audit['max_class_share_deviation']:.3f}; identical images across splits: "
+        f"{audit['exact_duplicates_across_splits']}.",
+    ]
+    lines += [
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
+        for r in per_class
+    ]
     lines += ["", f"![confusion matrix]({_rel(confusion_png, here)})", ""]
     if curves_png is not None:
         lines += ["## Training", "", f"![training curves]({_rel(curves_png, here)})", ""]
     if layout.augment_preview.is_file():
-        lines += ["## Augmentation", "",
-                  f"![augmentation preview]({_rel(layout.augment_preview, here)})", ""]
+        lines += ["## Augmentation", "", f"![augmentation preview]({_rel(layout.augment_preview, here)})", ""]
     wrong = predictions[predictions["label"] != predictions["prediction"]]
     lines += ["## Most confident mistakes", ""]
     if wrong.empty:
@@ -110,8 +132,9 @@ def render_markdown(params: Params, layout: Layout, metrics: dict, predictions: 
     else:
         lines += ["| image | label | predicted | confidence |", "|---|---|---|---|"]
         for _, row in wrong.sort_values("confidence", ascending=False).head(10).iterrows():
-            lines.append(f"| `{row['path']}` | {row['label']} | {row['prediction']} | "
-                         f"{row['confidence']:.3f} |")
+            lines.append(
+                f"| `{row['path']}` | {row['label']} | {row['prediction']} | {row['confidence']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -129,8 +152,7 @@ def plot_confusion(predictions: pd.DataFrame, classes: list[str], out: Path) -> 
     axis.set_ylabel("actual")
     peak = matrix.max() or 1
     for (i, j), value in np.ndenumerate(matrix):
-        axis.text(j, i, str(value), ha="center", va="center",
-                  color="white" if value > peak / 2 else "black")
+        axis.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -179,8 +201,11 @@ def _read_json(path: Path):
 
 
 def _rel(path: Path, start: Path) -> str:
-    return Path(path).resolve().relative_to(start.resolve()).as_posix() \
-        if Path(path).resolve().is_relative_to(start.resolve()) else Path(path).as_posix()
+    return (
+        Path(path).resolve().relative_to(start.resolve()).as_posix()
+        if Path(path).resolve().is_relative_to(start.resolve())
+        else Path(path).as_posix()
+    )
 
 
 if __name__ == "__main__":

@@ -49,9 +49,7 @@ def run(params: Params) -> SplitResult:
 def assign_splits(manifest: pd.DataFrame, params: SplitSection, seed: int) -> pd.DataFrame:
     """Return image_id -> split; same manifest, params and seed give the same frame."""
     if len(manifest) < 3:
-        raise DataError(
-            f"only {len(manifest)} valid images; splitting into train/val/test needs at least 3."
-        )
+        raise DataError(f"only {len(manifest)} valid images; splitting into train/val/test needs at least 3.")
     frame = manifest[["image_id", "label", "split"]].sort_values("image_id").reset_index(drop=True)
     assigned = frame["split"].astype("string")
     if not params.honour_predefined:
@@ -73,9 +71,7 @@ def assign_splits(manifest: pd.DataFrame, params: SplitSection, seed: int) -> pd
     return pd.DataFrame({"image_id": frame["image_id"], "split": assigned.astype("string")})
 
 
-def _stratified_three_way(
-    rows: pd.DataFrame, train: float, val: float, test: float, seed: int
-) -> np.ndarray:
+def _stratified_three_way(rows: pd.DataFrame, train: float, val: float, test: float, seed: int) -> np.ndarray:
     labels = pd.Series("train", index=rows.index, dtype="string")
     rest, test_rows = _stratified_take(rows, max(1, round(test * len(rows))), seed)
     labels[test_rows.index] = "test"
@@ -114,7 +110,7 @@ def audit_splits(manifest: pd.DataFrame, splits: pd.DataFrame) -> dict:
         deviation = float((share - overall).abs().max()) if len(overall) else 0.0
         max_deviation = max(max_deviation, deviation)
         per_split[name] = {
-            "images": int(len(part)),
+            "images": len(part),
             "class_counts": {str(k): int(v) for k, v in part["label"].value_counts().items()},
             "max_class_share_deviation": round(deviation, 4),
         }

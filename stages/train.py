@@ -2,8 +2,8 @@
 
 ``linear_probe`` trains a new head on cached backbone features (clean view plus
 ``train.aug_views`` augmented views of each training image), with early stopping on the
-validation loss. Other strategies (partial, full, gradual, discriminative, LP-FT) plug in
-at ``STRATEGIES``; the YOLO detector trainer at ``data.task: detect``.
+validation loss. Other strategies (partial, full, gradual, discriminative, LP-FT) extend
+``TrainSection.strategy`` and ``run``; the YOLO detector trainer joins at ``data.task: detect``.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ def run(params: Params) -> TrainResult:
     seed_everything(params.base.seed)
     layout = Layout(params.paths)
     classes = read_classes(layout.classes)
-    frame = read_parquet(layout.manifest).merge(read_parquet(layout.splits), on="image_id",
-                                                suffixes=("_source", ""))
+    frame = read_parquet(layout.manifest).merge(
+        read_parquet(layout.splits), on="image_id", suffixes=("_source", "")
+    )
     cfg = params.train
     device = resolve_device(cfg.device)
     backbone = create_classifier(cfg.backbone, cfg.weights, len(classes), cfg.image_size)
@@ -89,13 +90,21 @@ def run(params: Params) -> TrainResult:
     if train_rows.empty:
         raise UserError("the train split is empty; check split.fractions and the split audit.")
     views = range(cfg.aug_views + 1)
-    x_train = cache.get(_requests(train_rows, params.data.source, views), device,
-                        cfg.feature_batch_size, "train: train features")
+    x_train = cache.get(
+        _requests(train_rows, params.data.source, views),
+        device,
+        cfg.feature_batch_size,
+        "train: train features",
+    )
     y_train = np.repeat(_targets(train_rows, classes), len(views))
     x_val = y_val = None
     if not val_rows.empty:
-        x_val = cache.get(_requests(val_rows, params.data.source, [0]), device,
-                          cfg.feature_batch_size, "train: val features")
+        x_val = cache.get(
+            _requests(val_rows, params.data.source, [0]),
+            device,
+            cfg.feature_batch_size,
+            "train: val features",
+        )
         y_val = _targets(val_rows, classes)
 
     weights = class_weights(y_train, len(classes), cfg.class_weights)
@@ -122,8 +131,11 @@ def run(params: Params) -> TrainResult:
 
 
 def _requests(rows: pd.DataFrame, root: Path, views) -> list[FeatureRequest]:
-    return [FeatureRequest(root / path, sha, view)
-            for path, sha in zip(rows["path"], rows["sha256"], strict=True) for view in views]
+    return [
+        FeatureRequest(root / path, sha, view)
+        for path, sha in zip(rows["path"], rows["sha256"], strict=True)
+        for view in views
+    ]
 
 
 def _targets(rows: pd.DataFrame, classes: list[str]) -> np.ndarray:
@@ -142,8 +154,14 @@ def class_weights(y: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | 
 
 
 def fit_linear_head(
-    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,
-    num_classes: int, cfg: TrainSection, class_weight: torch.Tensor | None, seed: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    num_classes: int,
+    cfg: TrainSection,
+    class_weight: torch.Tensor | None,
+    seed: int,
 ) -> HeadFit:
     """Minibatch AdamW on a linear layer with a cosine schedule; keep the best val-loss epoch."""
     generator = torch.Generator().manual_seed(seed)

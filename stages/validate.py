@@ -81,10 +81,14 @@ def inspect_image(path: Path, max_pixels: int) -> IntegrityFacts:
         pixels = header.width * header.height
         if pixels > max_pixels:
             return IntegrityFacts(
-                False, "too_many_pixels",
+                False,
+                "too_many_pixels",
                 f"{path.name} declares {header.width}x{header.height} = {pixels:,} pixels, over "
                 f"validate.max_pixels = {max_pixels:,}; it was not decoded (raise the limit if it is real).",
-                header.width, header.height, header.mode, header.frames,
+                header.width,
+                header.height,
+                header.mode,
+                header.frames,
             )
         image = load_rgb(path)
     except ImageReadError as exc:
@@ -110,8 +114,9 @@ def check_images(
     if params.workers > 1 and len(todo) > 16:
         with ProcessPoolExecutor(max_workers=params.workers) as pool:
             limits = [params.max_pixels] * len(todo)
-            for i, facts in zip(todo, pool.map(inspect_image, [files[i] for i in todo], limits,
-                                               chunksize=8), strict=True):
+            for i, facts in zip(
+                todo, pool.map(inspect_image, [files[i] for i in todo], limits, chunksize=8), strict=True
+            ):
                 results[i] = facts
                 progress.update()
     else:
@@ -137,7 +142,8 @@ def apply_policy(
         elif min(fact.width, fact.height) < params.min_side:
             quarantine.append(
                 QuarantineEntry(
-                    path, "too_small",
+                    path,
+                    "too_small",
                     f"{path} is {fact.width}x{fact.height}, smaller than validate.min_side = "
                     f"{params.min_side} px on its shorter side.",
                     STAGE,
@@ -167,8 +173,8 @@ def validation_report(
     for entry in quarantine:
         reasons[entry.reason] = reasons.get(entry.reason, 0) + 1
     return {
-        "images_in": int(len(before)),
-        "images_valid": int(len(after)),
+        "images_in": len(before),
+        "images_valid": len(after),
         "quarantined": reasons,
         "class_counts": {str(k): int(v) for k, v in counts.items()},
         "warnings": warnings,

@@ -24,8 +24,8 @@ __all__ = ["READERS", "SourceItem", "SourceScan", "detect_format", "reader_for"]
 
 def detect_format(root: Path) -> str:
     """Guess the layout from marker files; the cheapest unambiguous rule wins."""
-    if (root / "Annotations").is_dir() or (root / "annotations").is_dir() and any(
-        (root / "annotations").glob("*.xml")
+    if (root / "Annotations").is_dir() or (
+        (root / "annotations").is_dir() and any((root / "annotations").glob("*.xml"))
     ):
         return "voc"
     if (root / "labels").is_dir() or (root / "data.yaml").is_file():

@@ -16,9 +16,7 @@ def scan(root: Path, params: IngestSection) -> SourceScan:
     """Find class folders (and predefined split folders) and the images inside them."""
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
-        raise DataError(
-            f"{root}: no class folders found; put each class's images in <source>/<class>/."
-        )
+        raise DataError(f"{root}: no class folders found; put each class's images in <source>/<class>/.")
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
     scan_result = SourceScan()
     if split_dirs and len(split_dirs) == len(subdirs):
@@ -46,7 +44,8 @@ def _scan_classes(
             if not inside_root(root, file):
                 out.quarantine.append(
                     QuarantineEntry(
-                        rel, "outside_source",
+                        rel,
+                        "outside_source",
                         f"{rel} is a link that points outside the source folder; it was not opened.",
                         "ingest",
                     )
@@ -56,8 +55,9 @@ def _scan_classes(
                 out.ignored.append(rel)
                 continue
             out.items.append(
-                SourceItem(file=file, rel_path=rel, label=entry.name, split=split, group=None,
-                           source="folder")
+                SourceItem(
+                    file=file, rel_path=rel, label=entry.name, split=split, group=None, source="folder"
+                )
             )
 
 

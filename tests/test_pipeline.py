@@ -1,0 +1,131 @@
+"""End to end through DVC: repro, no-op repro, partial re-runs, and a remote round trip.
+
+Each test builds a throwaway project (a copy of the code, dvc.yaml and a params file
+pointing at generated data) in tmp_path, so the real repository is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, make_classify_source, tree_digest
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)  # `python` in dvc.yaml must be this venv's
+    return os.environ | {
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+
+
+def _sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def _dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _sh(cwd, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def _ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for name in ("stages", "pipelines"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    make_classify_source(root / "data" / "raw", per_class=10)
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["data"]["source"] = "data/raw"
+    params["validate"]["workers"] = 1
+    params["augment"]["preview"] = {"images": 2, "views": 2}
+    params["train"].update({"image_size": 64, "epochs": 6, "aug_views": 1, "device": "cpu"})
+    params["evaluate"]["bootstrap"] = 50
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    (root / ".gitignore").write_text("__pycache__/\n/data/cache/\n", encoding="utf-8")
+    _sh(root, "git", "init", "-q")
+    _dvc(root, "init", "-q")
+    _sh(root, "git", "add", "-A")
+    _sh(root, "git", "commit", "-qm", "test project")
+    return root
+
+
+def test_repro_builds_everything_then_a_second_repro_does_nothing(project: Path) -> None:
+    raw_before = tree_digest(project / "data" / "raw")
+    first = _dvc(project, "repro")
+    assert _ran_stages(first.stdout) == {
+        "ingest",
+        "validate",
+        "split",
+        "augment",
+        "train",
+        "evaluate",
+        "report",
+    }
+    for output in (
+        "reports/metrics.json",
+        "reports/report.md",
+        "models/classifier.pt",
+        "reports/train/metrics.json",
+        "reports/augmentation_preview.png",
+    ):
+        assert (project / output).is_file(), output
+
+    second = _dvc(project, "repro")
+    assert _ran_stages(second.stdout) == set()
+    assert "up to date" in _dvc(project, "status").stdout
+    assert tree_digest(project / "data" / "raw") == raw_before
+
+
+def test_changing_a_train_param_reruns_only_train_and_downstream(project: Path) -> None:
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["train"]["lr"] = params["train"]["lr"] * 3
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    result = _dvc(project, "repro")
+    assert _ran_stages(result.stdout) == {"train", "evaluate", "report"}
+
+
+def test_outputs_round_trip_through_a_local_remote(project: Path, tmp_path: Path) -> None:
+    _dvc(project, "repro")
+    model = project / "models" / "classifier.pt"
+    before = model.read_bytes()
+    _dvc(project, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    _dvc(project, "push")
+    model.unlink()
+    shutil.rmtree(project / "data" / "interim")
+    shutil.rmtree(project / ".dvc" / "cache")
+    _dvc(project, "pull")
+    assert model.read_bytes() == before
+    assert (project / "data" / "interim" / "validate" / "manifest.parquet").is_file()
+    assert "up to date" in _dvc(project, "status").stdout
+
+
+def test_a_stage_rejecting_data_fails_the_repro_with_one_line(tmp_path: Path) -> None:
+    project = tmp_path / "bad"
+    shutil.copytree(REPO_ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    make_classify_source(project / "raw", per_class=3, classes={"only": (0, 0, 0)})
+    params = {"data": {"source": str(project / "raw")}, "paths": {"interim": str(project / "interim")}}
+    (project / "p.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = _sh(project, sys.executable, "-m", "stages.ingest", "--params", "p.yaml", check=False)
+    assert result.returncode == 2
+    assert "at least two classes" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,110 @@
+"""Linear probe on the offline backbone, evaluation and the report, in-process on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stages import augment, evaluate, ingest, report, split, train, validate
+from stages.errors import UserError
+from stages.layout import Layout
+from stages.params import EvaluateSection
+from tests.conftest import fast_params, tree_digest
+
+
+def _prepare(params) -> None:
+    for stage in (ingest, validate, split, augment):
+        stage.run(params)
+
+
+@pytest.fixture
+def trained(tmp_path: Path, classify_source: Path):
+    params = fast_params(tmp_path, classify_source)
+    _prepare(params)
+    result = train.run(params)
+    return params, result
+
+
+def test_linear_probe_learns_and_checkpoint_reloads(trained) -> None:
+    params, result = trained
+    layout = Layout(params.paths)
+    assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.75
+    model, meta = train.load_checkpoint(layout.classifier)
+    assert meta["classes"] == ["cat", "dog"]
+    assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]  # the offline weights' normalisation
+    assert model.preprocessing.input_size == 64
+    metrics = layout.train_log_dir / "metrics.json"
+    assert metrics.is_file()
+
+
+def test_features_are_cached_and_a_new_head_lr_does_not_touch_the_backbone(trained, tmp_path):
+    params, first = trained
+    # 2 classes x 12 images: train images x (1 clean + 1 augmented) + val images x 1.
+    assert first.features_computed > 0
+    again = train.run(params.model_copy(update={"train": params.train.model_copy(update={"lr": 0.003})}))
+    assert again.features_computed == 0
+
+
+def test_training_is_deterministic(trained, tmp_path: Path) -> None:
+    params, _ = trained
+    layout = Layout(params.paths)
+    first = torch.load(layout.classifier, weights_only=True)["state_dict"]["classifier.weight"]
+    train.run(params)
+    second = torch.load(layout.classifier, weights_only=True)["state_dict"]["classifier.weight"]
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_evaluate_and_report(trained, classify_source: Path) -> None:
+    params, _ = trained
+    before = tree_digest(classify_source)
+    result = evaluate.run(params)
+    layout = Layout(params.paths)
+    metrics = json.loads(layout.metrics.read_text())
+    for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro"):
+        assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"]
+    assert metrics["images"] == len(result.predictions) > 0
+    assert set(result.predictions.columns) >= {"image_id", "label", "prediction", "score_cat"}
+    np.testing.assert_allclose(result.predictions[["score_cat", "score_dog"]].sum(axis=1), 1, atol=1e-5)
+    confusion = json.loads((layout.plots_dir / "confusion.json").read_text())
+    assert len(confusion) == metrics["images"]
+
+    report.run(params)
+    text = layout.report.read_text()
+    assert f"{metrics['accuracy']:.3f}" in text and "![confusion matrix]" in text
+    assert (layout.figures_dir / "confusion_matrix.png").stat().st_size > 1000
+    assert tree_digest(classify_source) == before
+
+
+def test_bootstrap_interval_is_seeded_and_narrows_with_more_data() -> None:
+    rng = np.random.default_rng(0)
+    section = EvaluateSection(bootstrap=200)
+    small_true = rng.integers(0, 2, 40)
+    small_pred = np.where(rng.random(40) < 0.8, small_true, 1 - small_true)
+    big_true = np.tile(small_true, 10)
+    big_pred = np.tile(small_pred, 10)
+    first = evaluate.compute_metrics(small_true, small_pred, 2, section, seed=3)
+    assert first == evaluate.compute_metrics(small_true, small_pred, 2, section, seed=3)
+    big = evaluate.compute_metrics(big_true, big_pred, 2, section, seed=3)
+    width = lambda m: m["accuracy_ci_high"] - m["accuracy_ci_low"]  # noqa: E731
+    assert width(big) < width(first)
+
+
+def test_detection_task_is_refused_by_the_classifier_trainer(tmp_path, classify_source) -> None:
+    params = fast_params(tmp_path, classify_source, data={"task": "detect"})
+    with pytest.raises(UserError, match="detector trainer"):
+        train.run(params)
+
+
+def test_unknown_backbone_and_missing_offline_weights(tmp_path: Path) -> None:
+    from stages.backbones import create_classifier
+
+    with pytest.raises(UserError, match="not a timm model"):
+        create_classifier("resnet_nonexistent", "none", 2)
+    with pytest.raises(UserError, match="no bundled checkpoint"):
+        create_classifier("resnet18", "offline", 2)
+    with pytest.raises(UserError, match="existing file"):
+        create_classifier("efficientnet_lite0", str(tmp_path / "missing.pt"), 2)
