@@ -49,6 +49,8 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 
 def read_header(path: Path) -> ImageHeader:
     """Open the header only (cheap, safe against decompression bombs)."""
+    if not path.is_file():
+        raise ImageReadError("missing_file", f"{path.name} no longer exists in the source folder.")
     if path.stat().st_size == 0:
         raise ImageReadError("empty_file", f"{path.name} is an empty (zero-byte) file.")
     try:
@@ -90,12 +92,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image.copy()
     if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
-        # 16/32-bit grayscale: scale to 8 bits instead of clipping at 255.
+        # 16-bit grayscale: map the full 0..65535 range to 0..255 (no per-image stretch,
+        # which would turn a dark image white), clipping 32-bit values into that range.
         import numpy as np
 
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        return Image.fromarray((array / peak * 255).astype("uint8")).convert("RGB")
+        array = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+        return Image.fromarray(np.round(array / 65535 * 255).astype("uint8")).convert("RGB")
     if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
