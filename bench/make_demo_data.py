@@ -305,16 +305,10 @@ def dir_bytes(path: Path) -> int:
 
 def write_readme(out: Path, report: Report, quality: int) -> None:
     """Write ``out/README.md`` with provenance, licences, counts and the regeneration command."""
-    n_cls = {
-        c: sum(r["output"].startswith(f"classify/{c}/") for r in report.rows)
-        for c in CLASSIFY_CLASSES
-    }
+    n_cls = {c: sum(r["output"].startswith(f"classify/{c}/") for r in report.rows) for c in CLASSIFY_CLASSES}
     n_det = sum(r["output"].startswith("detect/") for r in report.rows)
     native = {
-        sub: sum(
-            r["output"].startswith(sub) and r["source_size"] == r["output_size"]
-            for r in report.rows
-        )
+        sub: sum(r["output"].startswith(sub) and r["source_size"] == r["output_size"] for r in report.rows)
         for sub in ("classify/", "detect/")
     }
     kb_cls = dir_bytes(out / "classify") / 1000
@@ -401,9 +395,7 @@ def main() -> None:
         default=REPO_ROOT / "../shared/datasets",
         help="folder holding hymenoptera/ and raccoon_voc/ (default: ../shared/datasets)",
     )
-    parser.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "data/demo", help="output folder (data/demo)"
-    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "data/demo", help="output folder (data/demo)")
     parser.add_argument("--quality", type=int, default=JPEG_QUALITY, help="JPEG quality")
     args = parser.parse_args()
     shared: Path = args.shared.resolve()
