@@ -32,6 +32,11 @@ class Layout:
     def ingest_quarantine(self) -> Path:
         return self.ingest_dir / "ingest_quarantine.parquet"
 
+    @property
+    def ingest_boxes(self) -> Path:
+        """Detection boxes as imported (absolute pixels of the displayed image)."""
+        return self.ingest_dir / "boxes.parquet"
+
     # validate
     @property
     def validate_dir(self) -> Path:
@@ -41,6 +46,11 @@ class Layout:
     def manifest(self) -> Path:
         """The validated manifest: what every later stage reads."""
         return self.validate_dir / "manifest.parquet"
+
+    @property
+    def boxes(self) -> Path:
+        """The validated boxes: what every later detection stage reads."""
+        return self.validate_dir / "boxes.parquet"
 
     @property
     def validate_quarantine(self) -> Path:
