@@ -6,6 +6,7 @@ Reading never writes: images are opened read-only and any conversion happens in 
 from __future__ import annotations
 
 import hashlib
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 Image.MAX_IMAGE_PIXELS = None
 
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+_ORIENTATIONS = {1, 2, 3, 4, 5, 6, 7, 8}
 _EXIF_ORIENTATION_TAG = 0x0112
 
 
@@ -37,6 +39,20 @@ class ImageHeader:
     format: str
     mode: str
     frames: int
+    orientation: int = 1  # EXIF orientation tag (1: none)
+    stored_width: int = 0  # of the pixels as stored, before orientation
+    stored_height: int = 0
+
+
+def _open(path: Path) -> Image.Image:
+    """``Image.open`` without ultralytics' patch of it, when ultralytics is loaded in this process.
+
+    The patch answers every file Pillow cannot identify by installing a HEIF plugin: pip when
+    online, an ImportError offline, either way not the ``not_an_image`` we report.
+    """
+    patches = sys.modules.get("ultralytics.utils.patches")
+    opener = getattr(patches, "_image_open", None) or Image.open
+    return opener(path)
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -54,9 +70,16 @@ def read_header(path: Path) -> ImageHeader:
     if path.stat().st_size == 0:
         raise ImageReadError("empty_file", f"{path.name} is an empty (zero-byte) file.")
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        with _open(path) as image:
+            width, height = stored = image.size
+            if image.format == "PNG" and "exif" not in image.info:
+                # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after
+                # the pixels; conforming files put it before them, where open() already saw it.
+                orientation = 1
+            else:
+                orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+            if orientation not in _ORIENTATIONS:
+                orientation = 1  # exif_transpose ignores unknown values too
             if orientation in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
             return ImageHeader(
@@ -65,6 +88,9 @@ def read_header(path: Path) -> ImageHeader:
                 format=image.format or "unknown",
                 mode=image.mode,
                 frames=getattr(image, "n_frames", 1),
+                orientation=orientation,
+                stored_width=stored[0],
+                stored_height=stored[1],
             )
     except UnidentifiedImageError:
         raise ImageReadError("not_an_image", f"{path.name} is not an image Pillow can identify.") from None
@@ -75,7 +101,7 @@ def read_header(path: Path) -> ImageHeader:
 def load_rgb(path: Path) -> Image.Image:
     """Fully decode, apply EXIF orientation and convert to 8-bit RGB (first frame only)."""
     try:
-        with Image.open(path) as image, warnings.catch_warnings():
+        with _open(path) as image, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-transparency notes are not errors
             image.seek(0)
             image.load()
@@ -103,3 +129,28 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+Box = tuple[float, float, float, float]  # x_min, y_min, x_max, y_max
+
+
+def orient_box(box: Box, orientation: int, stored_width: float, stored_height: float) -> Box:
+    """Map a box on the stored pixels onto the displayed image, as ``ImageOps.exif_transpose`` does.
+
+    Corners are mapped point by point (2, 4: mirror; 3: 180 degrees; 6: 90 clockwise; 8: 90
+    counter-clockwise; 5, 7: transpose, transverse), then re-ordered into min/max.
+    """
+    w, h = stored_width, stored_height
+    maps = {
+        1: lambda x, y: (x, y),
+        2: lambda x, y: (w - x, y),
+        3: lambda x, y: (w - x, h - y),
+        4: lambda x, y: (x, h - y),
+        5: lambda x, y: (y, x),
+        6: lambda x, y: (h - y, x),
+        7: lambda x, y: (h - y, w - x),
+        8: lambda x, y: (y, w - x),
+    }
+    point = maps.get(orientation, maps[1])
+    (ax, ay), (bx, by) = point(box[0], box[1]), point(box[2], box[3])
+    return (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))

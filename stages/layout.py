@@ -37,6 +37,11 @@ class Layout:
         """Detection boxes as imported (absolute pixels of the displayed image)."""
         return self.ingest_dir / "boxes.parquet"
 
+    @property
+    def ingest_summary(self) -> Path:
+        """Format, counts and warnings from ingest; validate folds it into the report."""
+        return self.ingest_dir / "ingest_summary.json"
+
     # validate
     @property
     def validate_dir(self) -> Path:
@@ -60,6 +65,11 @@ class Layout:
     def validation_report(self) -> Path:
         return self.paths.reports / "validation.json"
 
+    @property
+    def validation_docs(self) -> Path:
+        """great-expectations Data Docs (HTML); open ``index.html`` inside."""
+        return self.paths.reports / "validation_docs"
+
     # split
     @property
     def splits(self) -> Path:
@@ -68,6 +78,26 @@ class Layout:
     @property
     def split_audit(self) -> Path:
         return self.paths.reports / "split_audit.json"
+
+    @property
+    def split_metrics(self) -> Path:
+        """Split summary numbers, declared as DVC metrics."""
+        return self.paths.reports / "split_metrics.json"
+
+    @property
+    def leakage_report(self) -> Path:
+        """Every cross-split exact or near-duplicate pair and every group found in two splits."""
+        return self.paths.reports / "leakage.json"
+
+    @property
+    def leakage_sheet(self) -> Path:
+        """Contact sheet of the worst cross-split pairs."""
+        return self.paths.reports / "leakage_pairs.png"
+
+    @property
+    def hash_cache(self) -> Path:
+        """Perceptual hashes by content hash (not a DVC output)."""
+        return self.paths.cache / "phash"
 
     # augment
     @property

@@ -9,18 +9,27 @@ from pathlib import Path
 import pandas as pd
 
 MANIFEST_COLUMNS = ["image_id", "path", "sha256", "width", "height", "label", "group", "split", "source"]
-QUARANTINE_COLUMNS = ["path", "reason", "detail", "stage"]
+QUARANTINE_COLUMNS = ["path", "reason", "detail", "stage", "item", "annotation"]
+BOX_COLUMNS = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max", "difficult", "truncated"]
 SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class QuarantineEntry:
-    """One dropped item: ``reason`` is a stable code, ``detail`` one sentence for people."""
+    """One dropped item: ``reason`` is a stable code, ``detail`` one sentence for people.
+
+    ``path`` is relative to the source root: the image for an image or one of its boxes, the
+    annotation file when no image is involved. ``item`` says what was dropped (``image``,
+    ``box`` or ``annotation``: a whole annotation file), ``annotation`` where it was declared
+    (``labels/a.txt line 3``, ``annotations.json annotation id 17``).
+    """
 
     path: str
     reason: str
     detail: str
     stage: str
+    item: str = "image"
+    annotation: str = ""
 
 
 def image_id_from_sha256(sha256: str) -> str:
@@ -49,7 +58,27 @@ def manifest_frame(rows: list[dict]) -> pd.DataFrame:
 
 def quarantine_frame(entries: list[QuarantineEntry]) -> pd.DataFrame:
     frame = pd.DataFrame([asdict(e) for e in entries], columns=QUARANTINE_COLUMNS).astype("string")
-    return frame.sort_values(["path", "reason"], kind="stable").reset_index(drop=True)
+    order = ["path", "item", "reason", "annotation", "detail"]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def boxes_frame(rows: list[dict]) -> pd.DataFrame:
+    """Boxes with the contract's columns (float pixels of the displayed image), in a stable order."""
+    frame = pd.DataFrame(rows, columns=BOX_COLUMNS)
+    frame = frame.astype(
+        {
+            "image_id": "string",
+            "class_name": "string",
+            "x_min": "float64",
+            "y_min": "float64",
+            "x_max": "float64",
+            "y_max": "float64",
+            "difficult": "bool",
+            "truncated": "bool",
+        }
+    )
+    order = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:

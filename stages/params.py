@@ -32,7 +32,9 @@ class DataSection(Section):
     format: Literal["auto", "folder", "coco", "yolo", "voc"] = "auto"
     task: Literal["classify", "detect"] = "classify"
     annotations: Path | None = Field(
-        None, description="Annotation file relative to source (COCO), when auto-detection is ambiguous."
+        None,
+        description="Annotation file relative to source when the layout leaves a choice: the COCO JSON, "
+        "or the YOLO dataset YAML that lists the class names.",
     )
 
 
@@ -55,7 +57,48 @@ class IngestSection(Section):
         ".tiff",
         ".webp",
     )
-    ignore_files: tuple[str, ...] = (".DS_Store", "Thumbs.db", "desktop.ini")
+    ignore_files: tuple[str, ...] = Field(
+        (".DS_Store", "Thumbs.db", "desktop.ini"), description="File names ignored without a note."
+    )
+    partial_boxes: Literal["clip", "quarantine"] = Field(
+        "clip",
+        description="Boxes partly outside their image: clip them to it (counted in the report) or "
+        "quarantine them; boxes with no area inside the image are always quarantined.",
+    )
+    box_orientation: Literal["auto", "stored", "displayed"] = Field(
+        "auto",
+        description="Which image the annotation coordinates refer to when the file has an EXIF rotation: "
+        "the stored pixels, the displayed (rotated) image, or auto (see docs/architecture.md).",
+    )
+
+
+CheckName = Literal[
+    "image_ids_unique",
+    "paths_unique",
+    "sizes_positive",
+    "labels_in_classes",
+    "splits_known",
+    "enough_classes",
+    "boxes_reference_images",
+    "box_classes_in_classes",
+    "boxes_have_area",
+    "boxes_inside_images",
+    "min_images_per_class",
+    "class_balance",
+]
+BLOCKING_CHECKS: tuple[CheckName, ...] = (
+    "image_ids_unique",
+    "paths_unique",
+    "sizes_positive",
+    "labels_in_classes",
+    "splits_known",
+    "enough_classes",
+    "boxes_reference_images",
+    "box_classes_in_classes",
+    "boxes_have_area",
+    "boxes_inside_images",
+)
+WARNING_CHECKS: tuple[CheckName, ...] = ("min_images_per_class", "class_balance")
 
 
 class ValidateSection(Section):
@@ -67,6 +110,37 @@ class ValidateSection(Section):
     min_side: int = Field(16, ge=1, description="Quarantine images whose shorter side is below this.")
     min_images_per_class: int = Field(5, ge=1, description="Fewer images than this in a class is a warning.")
     workers: int = Field(2, ge=1, description="Processes decoding images in parallel.")
+    max_class_ratio: float = Field(
+        10.0, ge=1, description="class_balance check: largest / smallest class (classes with images)."
+    )
+    blocking: tuple[CheckName, ...] = Field(
+        BLOCKING_CHECKS, description="Expectation checks that fail the stage (stages/expectations.py)."
+    )
+    warn: tuple[CheckName, ...] = Field(
+        WARNING_CHECKS, description="Expectation checks that only warn; a check in neither list is off."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_list_moves_a_check(cls, data: Any) -> Any:
+        """Naming a check in one list takes it out of the other list's default."""
+        if isinstance(data, dict):
+            for given, other, default in (
+                ("warn", "blocking", BLOCKING_CHECKS),
+                ("blocking", "warn", WARNING_CHECKS),
+            ):
+                if isinstance(data.get(given), list | tuple) and other not in data:
+                    data = {**data, other: [c for c in default if c not in data[given]]}
+        return data
+
+    @model_validator(mode="after")
+    def _block_or_warn(self) -> ValidateSection:
+        both = sorted(set(self.blocking) & set(self.warn))
+        if both:
+            raise ValueError(
+                f"checks {both} are in both validate.blocking and validate.warn; keep each in one"
+            )
+        return self
 
 
 class SplitFractions(Section):
@@ -82,9 +156,75 @@ class SplitFractions(Section):
         return self
 
 
+HashKind = Literal["phash", "dhash", "ahash", "whash"]
+
+
+class NearDuplicateSection(Section):
+    enabled: bool = Field(True, description="Find near-duplicate images and keep each cluster in one split.")
+    max_distance: dict[HashKind, Annotated[int, Field(ge=0, le=32)]] = Field(
+        default_factory=lambda: {"phash": 10, "dhash": 10},
+        description="Largest Hamming distance (of 64 bits) per perceptual hash; two images are "
+        "near-duplicates when they are within it on every listed hash.",
+    )
+    workers: int = Field(2, ge=1, description="Processes computing perceptual hashes.")
+
+    @model_validator(mode="after")
+    def _needs_a_hash(self) -> NearDuplicateSection:
+        if self.enabled and not self.max_distance:
+            raise ValueError("list at least one hash in max_distance, or set enabled: false")
+        return self
+
+
+class GroupSection(Section):
+    rule: Literal["source", "none", "parent", "regex", "csv"] = Field(
+        "source",
+        description="Where an image's group comes from: the source annotations, none, a parent "
+        "folder, a regex on the path, or a CSV file.",
+    )
+    parent_level: int = Field(1, ge=1, description="rule parent: 1 = the image's folder, 2 = the one above.")
+    pattern: str | None = Field(
+        None,
+        description="rule regex: searched in the path relative to data.source; the group is the named "
+        "group 'group', else the first group, else the whole match.",
+    )
+    file: Path | None = Field(None, description="rule csv: the mapping file, relative to data.source.")
+    path_column: str = Field("path", description="rule csv: column with image paths or file names.")
+    group_column: str = Field("group", description="rule csv: column with the group.")
+
+    @model_validator(mode="after")
+    def _rule_has_its_setting(self) -> GroupSection:
+        import re
+
+        if self.rule == "regex":
+            if not self.pattern:
+                raise ValueError("rule 'regex' needs a pattern")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from None
+        if self.rule == "csv" and self.file is None:
+            raise ValueError("rule 'csv' needs a file")
+        return self
+
+
+class LeakageSection(Section):
+    max_exact_pairs: int = Field(0, ge=0, description="Identical images in two splits tolerated.")
+    max_near_pairs: int = Field(0, ge=0, description="Near-duplicate pairs across splits tolerated.")
+    max_groups: int = Field(0, ge=0, description="Groups found in more than one split tolerated.")
+    sheet_pairs: int = Field(16, ge=1, le=200, description="Worst cross-split pairs drawn in the sheet.")
+
+
 class SplitSection(Section):
     fractions: SplitFractions = SplitFractions()
-    honour_predefined: bool = Field(True, description="Keep the train/val/test folders a source already has.")
+    honour_predefined: bool = Field(
+        True, description="Keep a split the source already has (folders, a column or predefined_file)."
+    )
+    predefined_file: Path | None = Field(
+        None, description="CSV with columns path and split, relative to data.source; overrides the source's."
+    )
+    groups: GroupSection = GroupSection()
+    near_duplicates: NearDuplicateSection = NearDuplicateSection()
+    leakage: LeakageSection = LeakageSection()
 
 
 class TransformSpec(Section):
@@ -95,8 +235,17 @@ class TransformSpec(Section):
 
 
 class PreviewSection(Section):
-    images: int = Field(4, ge=1, le=32)
-    views: int = Field(3, ge=1, le=8)
+    images: int = Field(4, ge=1, le=32, description="Training images in the preview grid (rows).")
+    views: int = Field(3, ge=1, le=8, description="Augmented views per image (columns after the original).")
+
+
+class BboxSection(Section):
+    """How a detection policy treats boxes (albumentations ``BboxParams``); boxes are always clipped."""
+
+    min_visibility: float = Field(
+        0.1, ge=0, le=1, description="Drop a box when less than this fraction of it stays in the image."
+    )
+    min_area: float = Field(4.0, ge=0, description="Drop a box smaller than this after augmenting (px).")
 
 
 class AugmentSection(Section):
@@ -104,30 +253,54 @@ class AugmentSection(Section):
     transforms: tuple[TransformSpec, ...] | None = Field(
         None, description="Explicit albumentations transforms; replaces the preset when given."
     )
+    bbox: BboxSection = Field(BboxSection(), description="Box rules, used when data.task is detect.")
     preview: PreviewSection = PreviewSection()
 
 
 class TrainSection(Section):
-    backbone: str = Field("efficientnet_lite0", description="timm model name.")
+    backbone: str = Field(
+        "efficientnet_lite0", description="timm model name, or torchvision/<name> for torchvision."
+    )
     weights: str = Field(
         "offline",
-        description="'offline' (package-bundled), 'hub' (timm download), 'none', or a checkpoint path.",
+        description="'offline' (package-bundled), 'hub' (library download), 'none', or a checkpoint path.",
     )
-    strategy: Literal["linear_probe"] = "linear_probe"
+    strategy: Literal["linear_probe", "partial", "full", "gradual", "discriminative", "lp_ft"] = Field(
+        "linear_probe", description="How much of the pretrained network trains (docs/training.md)."
+    )
     image_size: int | None = Field(
         None, ge=32, description="Input size; None takes the backbone's pretrained size."
     )
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(60, ge=1, description="Epochs of the main phase (the fine-tuning phase for lp_ft).")
+    lp_epochs: int = Field(60, ge=1, description="lp_ft only: epochs of the linear-probe phase.")
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.001, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(0.001, gt=0, description="Learning rate of the new head.")
+    backbone_lr_mult: float = Field(
+        0.1, gt=0, le=1, description="Body LR = lr x this (x layer_decay per layer); unused by linear_probe."
+    )
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="Layer-wise LR decay per layer below the top; discriminative: 0.7."
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (Nesterov).")
+    weight_decay: float = Field(0.01, ge=0, description="Not applied to norm weights and biases.")
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear LR warmup before the schedule.")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    patience: int = Field(10, ge=1, description="Early stopping: epochs without val improvement.")
+    patience: int = Field(10, ge=1, description="Early stopping: epochs without improvement of monitor.")
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    unfreeze_blocks: int = Field(2, ge=1, description="partial: body blocks (from the top) that train.")
+    unfreeze_every: int = Field(1, ge=1, description="gradual: epochs between unfreezing the next block.")
     aug_views: int = Field(
         2, ge=0, description="Augmented views per training image in the linear-probe feature cache."
     )
-    class_weights: Literal["none", "balanced"] = "none"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    imbalance: Literal["none", "loss", "sampler"] = Field(
+        "none", description="Class imbalance: class-weighted loss, or a class-balanced sampler."
+    )
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda[:N]")
+    amp: bool = Field(True, description="bf16/fp16 autocast on CUDA (ignored on CPU).")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: decode in the main one).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; None keeps torch's default.")
     feature_batch_size: int = Field(32, ge=1)
 
 

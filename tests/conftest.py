@@ -83,3 +83,145 @@ def fast_params(tmp_path: Path, source: Path, **sections: dict[str, Any]) -> Par
 @pytest.fixture
 def classify_source(tmp_path: Path) -> Path:
     return make_classify_source(tmp_path / "source")
+
+
+# --- detection sources: one spec, written in each annotation format -------------------------
+
+DetectImage = tuple[str, tuple[int, int], list[tuple[str, float, float, float, float]]]
+"""``(file name, (width, height), [(class, x_min, y_min, x_max, y_max), ...])`` in pixels."""
+
+DETECT_SPEC: list[DetectImage] = [
+    ("a.png", (64, 48), [("bird", 8, 6, 40, 30), ("cat", 32, 12, 64, 48)]),
+    ("b.png", (48, 64), [("cat", 4, 8, 28, 40)]),
+    ("c.png", (64, 64), []),  # a background image
+    ("d é.png", (32, 48), [("bird", 0, 0, 16, 24), ("bird", 16, 24, 32, 48)]),
+]
+DETECT_CLASSES = ["bird", "cat"]  # sorted, so COCO/YOLO order equals VOC's sorted order
+
+
+def write_detect_images(folder: Path, spec: list[DetectImage] = DETECT_SPEC) -> None:
+    for index, (name, size, _) in enumerate(spec):
+        write_image(folder / name, seed=300 + index, size=size)
+
+
+def write_coco(
+    root: Path,
+    spec: list[DetectImage] = DETECT_SPEC,
+    classes: list[str] = DETECT_CLASSES,
+    json_name: str = "annotations.json",
+    image_dir: str = "images",
+    write_images: bool = True,
+) -> dict:
+    """A COCO export: ``<root>/<json_name>`` with images under ``<root>/<image_dir>``; returns the dict."""
+    if write_images:
+        write_detect_images(root / image_dir, spec)
+    doc: dict = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i + 1, "name": n, "supercategory": "thing"} for i, n in enumerate(classes)],
+    }
+    for image_id, (name, (w, h), boxes) in enumerate(spec, start=1):
+        doc["images"].append({"id": image_id, "file_name": name, "width": w, "height": h})
+        for cls, x0, y0, x1, y1 in boxes:
+            doc["annotations"].append(
+                {
+                    "id": len(doc["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": classes.index(cls) + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "iscrowd": 0,
+                }
+            )
+    (root / json_name).parent.mkdir(parents=True, exist_ok=True)
+    import json
+
+    (root / json_name).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    return doc
+
+
+def yolo_row(cls: int, box: tuple[float, float, float, float], size: tuple[int, int]) -> str:
+    x0, y0, x1, y1 = box
+    w, h = size
+    return f"{cls} {(x0 + x1) / 2 / w!r} {(y0 + y1) / 2 / h!r} {(x1 - x0) / w!r} {(y1 - y0) / h!r}"
+
+
+def write_yolo(
+    root: Path,
+    spec: list[DetectImage] = DETECT_SPEC,
+    classes: list[str] = DETECT_CLASSES,
+    split: str | None = None,
+    names_file: str = "data.yaml",
+) -> Path:
+    """``images/[split/]`` + ``labels/[split/]`` + ``data.yaml`` (or ``classes.txt``); background: no file."""
+    sub = Path(split) if split else Path()
+    write_detect_images(root / "images" / sub, spec)
+    for name, size, boxes in spec:
+        if boxes:
+            rows = [yolo_row(classes.index(c), (x0, y0, x1, y1), size) for c, x0, y0, x1, y1 in boxes]
+            label = root / "labels" / sub / Path(name).with_suffix(".txt")
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    if names_file == "data.yaml":
+        import yaml
+
+        (root / "data.yaml").write_text(
+            yaml.safe_dump({"names": classes, "nc": len(classes)}), encoding="utf-8"
+        )
+    else:
+        (root / names_file).write_text("\n".join(classes) + "\n", encoding="utf-8")
+    return root
+
+
+def voc_xml(name: str, size: tuple[int, int], boxes: list, flags: tuple[int, int] = (0, 0)) -> str:
+    objects = "".join(
+        f"<object><name>{c}</name><truncated>{flags[0]}</truncated><difficult>{flags[1]}</difficult>"
+        f"<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        for c, x0, y0, x1, y1 in boxes
+    )
+    return (
+        f"<annotation><folder>JPEGImages</folder><filename>{name}</filename>"
+        f"<path>/Users/someone/Desktop/{name}</path>"
+        f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
+        f"{objects}</annotation>"
+    )
+
+
+def write_voc(
+    root: Path,
+    spec: list[DetectImage] = DETECT_SPEC,
+    annotations: str = "Annotations",
+    images: str = "JPEGImages",
+) -> Path:
+    """One XML per image (stale absolute ``<path>`` included, as exporters leave it)."""
+    write_detect_images(root / images, spec)
+    (root / annotations).mkdir(parents=True, exist_ok=True)
+    for name, size, boxes in spec:
+        xml = root / annotations / Path(name).with_suffix(".xml")
+        xml.write_text(voc_xml(name, size, boxes), encoding="utf-8")
+    return root
+
+
+def detect_params(tmp_path: Path, source: Path, **sections: dict[str, Any]) -> Params:
+    """``fast_params`` for a detection source."""
+    data = {"task": "detect", **sections.pop("data", {})}
+    return fast_params(tmp_path, source, data=data, **sections)
+
+
+def guard_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``stages.ingest.run`` / ``stages.validate.run`` call then checks that it left
+    ``data.source`` byte-identical (use from an autouse fixture)."""
+    import stages.ingest
+    import stages.validate
+
+    for module in (stages.ingest, stages.validate):
+
+        def checked(params: Params, _real=module.run):
+            source = Path(params.data.source)
+            before = tree_digest(source) if source.is_dir() else None
+            try:
+                return _real(params)
+            finally:
+                if before is not None:
+                    assert tree_digest(source) == before, f"a stage wrote into {source}"
+
+        monkeypatch.setattr(module, "run", checked)

@@ -192,3 +192,75 @@ def test_reading_does_not_modify_the_file(tmp_path: Path) -> None:
     read_header(path)
     load_rgb(path)
     assert path.read_bytes() == before
+
+
+def test_png_header_is_read_without_decoding_the_pixels(tmp_path: Path) -> None:
+    """Pillow's PNG ``getexif()`` decodes the whole file; the header read must not (ingest speed)."""
+    whole = write_image(tmp_path / "whole.png", seed=6, size=(64, 48))
+    data = whole.read_bytes()
+    path = tmp_path / "truncated.png"
+    path.write_bytes(data[: len(data) // 2])
+    header = read_header(path)  # would raise if it decoded the missing half
+    assert (header.width, header.height, header.orientation) == (64, 48, 1)
+    with pytest.raises(ImageReadError):
+        load_rgb(path)
+
+
+def test_png_with_an_exif_orientation_before_the_pixels_is_honoured(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[ORIENTATION] = 8
+    path = tmp_path / "rotated.png"
+    _halves(48, 32, (255, 0, 0), (0, 0, 255)).save(path, exif=exif)
+    header = read_header(path)
+    assert (header.width, header.height, header.orientation) == (32, 48, 8)
+    assert (header.stored_width, header.stored_height) == (48, 32)
+    assert load_rgb(path).size == (32, 48)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_box_matches_exif_transpose_for_every_orientation(tmp_path: Path, orientation: int) -> None:
+    from PIL import ImageOps
+
+    from stages.imaging import orient_box
+
+    stored, box = (60, 40), (10, 5, 25, 30)
+    pixels = np.zeros((stored[1], stored[0]), dtype="uint8")
+    pixels[box[1] : box[3], box[0] : box[2]] = 255
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    path = tmp_path / "o.png"
+    Image.fromarray(pixels).save(path, exif=exif)
+    with Image.open(path) as image:
+        shown = np.asarray(ImageOps.exif_transpose(image))
+    ys, xs = np.nonzero(shown)
+    assert orient_box(box, orientation, *stored) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_not_an_image_survives_ultralytics_patching_image_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ultralytics replaces ``PIL.Image.open`` with a wrapper that, on a file Pillow cannot
+    identify, tries to install a HEIF plugin (an ImportError offline); it keeps the original."""
+    import sys
+    import types
+
+    loaded = sys.modules.get("ultralytics.utils.patches")  # other tests may have imported it already
+    original = getattr(loaded, "_image_open", None) or Image.open
+
+    def patched(filename, *args, **kwargs):
+        try:
+            return original(filename, *args, **kwargs)
+        except Image.UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'pi_heif'") from None
+
+    fake = types.ModuleType("ultralytics.utils.patches")
+    fake._image_open = original
+    monkeypatch.setitem(sys.modules, "ultralytics.utils.patches", fake)
+    monkeypatch.setattr(Image, "open", patched)
+    path = tmp_path / "notes.jpg"
+    path.write_text("these are not pixels\n", encoding="utf-8")
+    for reader in (read_header, load_rgb):
+        with pytest.raises(ImageReadError) as caught:
+            reader(path)
+        assert caught.value.reason == "not_an_image"
+    assert read_header(write_image(tmp_path / "ok.png", seed=1)).format == "PNG"

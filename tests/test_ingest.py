@@ -16,7 +16,12 @@ import stages.ingest
 from stages.errors import DataError, UserError
 from stages.layout import Layout
 from stages.manifest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, read_parquet
-from tests.conftest import fast_params, make_classify_source, tree_digest, write_image
+from tests.conftest import fast_params, guard_sources, make_classify_source, tree_digest, write_image
+
+
+@pytest.fixture(autouse=True)
+def _source_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard_sources(monkeypatch)
 
 
 def _ingest(tmp_path: Path, source: Path, **sections) -> stages.ingest.IngestResult:
@@ -237,32 +242,31 @@ def test_source_that_is_not_a_folder_is_a_data_error(tmp_path: Path, kind: str) 
 
 
 @pytest.mark.parametrize(
-    ("marker", "fmt"),
+    ("marker", "content", "fmt"),
     [
-        ("Annotations/img_000.xml", "voc"),
-        ("annotations/img_000.xml", "voc"),
-        ("labels/img_000.txt", "yolo"),
-        ("data.yaml", "yolo"),
-        ("instances.json", "coco"),
+        ("Annotations/img_000.xml", "<annotation/>", "voc"),
+        ("annotations/img_000.xml", "<annotation/>", "voc"),
+        ("labels/img_000.txt", "0 0.5 0.5 0.1 0.1", None),  # no images/ beside it: not YOLO
+        ("data.yaml", "names: [cat, dog]", "yolo"),
+        ("instances.json", '{"images": [], "annotations": [], "categories": []}', "coco"),
     ],
 )
-def test_detected_but_unimplemented_formats_say_so(tmp_path: Path, marker: str, fmt: str) -> None:
+def test_annotation_markers_in_a_classification_source_are_named(
+    tmp_path: Path, marker: str, content: str, fmt: str | None
+) -> None:
     source = make_classify_source(tmp_path / "source", per_class=2)
     (source / marker).parent.mkdir(parents=True, exist_ok=True)
-    (source / marker).write_text("<annotation/>\n", encoding="utf-8")
+    (source / marker).write_text(content + "\n", encoding="utf-8")
+    if fmt is None:
+        assert _ingest(tmp_path, source).format == "folder"
+        return
     with pytest.raises(DataError) as caught:
         _ingest(tmp_path, source)
     message = str(caught.value)
-    assert f"'{fmt}'" in message and "not implemented" in message
+    assert f"holds '{fmt}' detection annotations" in message and "data.task: detect" in message
     assert not Layout(fast_params(tmp_path, source).paths).ingest_manifest.exists()
 
 
-@pytest.mark.xfail(
-    reason="BUG: stages/formats/__init__.py detect_format only looks for *.json at the source "
-    "root, so the standard COCO layout (annotations/instances_*.json beside image folders) is "
-    "auto-detected as 'folder' and imported with the image folders as classes",
-    strict=True,
-)
 def test_standard_coco_layout_is_not_imported_as_folders(tmp_path: Path) -> None:
     source = tmp_path / "source"
     for i in range(2):
@@ -278,9 +282,17 @@ def test_standard_coco_layout_is_not_imported_as_folders(tmp_path: Path) -> None
 
 def test_explicit_folder_format_skips_auto_detection(tmp_path: Path) -> None:
     source = make_classify_source(tmp_path / "source", per_class=2)
-    (source / "dataset-metadata.json").write_text("{}", encoding="utf-8")
+    # A COCO-looking JSON makes auto pick coco (and refuse classify); data.format says otherwise.
+    (source / "dataset-metadata.json").write_text('{"images": [], "annotations": []}', encoding="utf-8")
     with pytest.raises(DataError, match="'coco'"):
         _ingest(tmp_path, source)
     result = _ingest(tmp_path, source, data={"format": "folder"})
     assert result.format == "folder" and len(result.manifest) == 4
     assert result.ignored == ["dataset-metadata.json"]
+
+
+def test_stray_json_without_coco_keys_keeps_a_folder_dataset_a_folder(tmp_path: Path) -> None:
+    source = make_classify_source(tmp_path / "source", per_class=2)
+    (source / "dataset-metadata.json").write_text('{"name": "pets", "images": 4}', encoding="utf-8")
+    result = _ingest(tmp_path, source)
+    assert result.format == "folder" and result.ignored == ["dataset-metadata.json"]

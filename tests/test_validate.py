@@ -16,7 +16,12 @@ import stages.validate
 from stages.layout import Layout
 from stages.manifest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, read_parquet
 from stages.params import Params
-from tests.conftest import fast_params, make_classify_source, write_image
+from tests.conftest import fast_params, guard_sources, make_classify_source, write_image
+
+
+@pytest.fixture(autouse=True)
+def _source_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard_sources(monkeypatch)
 
 
 def _truncated_jpeg(path: Path, seed: int, size: tuple[int, int] = (64, 64)) -> Path:
@@ -196,8 +201,11 @@ def test_policy_params_reuse_the_cache_but_max_pixels_invalidates_it(
     calls = _count_inspections(monkeypatch)
 
     # min_side is policy applied to cached facts: no decoding, yet the outcome follows it.
+    # (One class survives, so the enough_classes gate is moved to warn for this test.)
     stricter = stages.validate.run(
-        fast_params(tmp_path, source, validate={"max_pixels": 10_000, "min_side": 25})
+        fast_params(
+            tmp_path, source, validate={"max_pixels": 10_000, "min_side": 25, "warn": ["enough_classes"]}
+        )
     )
     assert calls == []
     assert set(_reasons(stricter).values()) == {"too_small"}

@@ -5,23 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.errors import DataError
-from stages.formats.base import SourceItem, SourceScan, inside_root
+from stages.formats.base import SourceItem, SourceScan, inside_root, split_of
 from stages.manifest import QuarantineEntry
-from stages.params import IngestSection
-
-SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+from stages.params import DataSection, IngestSection
 
 
-def scan(root: Path, params: IngestSection) -> SourceScan:
+def scan(root: Path, data: DataSection, params: IngestSection) -> SourceScan:
     """Find class folders (and predefined split folders) and the images inside them."""
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
         raise DataError(f"{root}: no class folders found; put each class's images in <source>/<class>/.")
-    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
+    split_dirs = [d for d in subdirs if split_of(d.name)]
     scan_result = SourceScan()
     if split_dirs and len(split_dirs) == len(subdirs):
         for split_dir in split_dirs:
-            _scan_classes(root, split_dir, SPLIT_FOLDERS[split_dir.name.lower()], params, scan_result)
+            _scan_classes(root, split_dir, split_of(split_dir.name), params, scan_result)
     else:
         _scan_classes(root, root, None, params, scan_result)
     return scan_result
