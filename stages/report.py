@@ -109,6 +109,7 @@ def render_markdown(
         f"{audit['max_class_share_deviation']:.3f}; identical images across splits: "
         f"{audit['exact_duplicates_across_splits']}.",
     ]
+    lines += _leakage_lines(audit, here)
     lines += [
         "",
         "## Per class",
@@ -136,6 +137,24 @@ def render_markdown(
                 f"| `{row['path']}` | {row['label']} | {row['prediction']} | {row['confidence']:.3f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _leakage_lines(audit: dict, here: Path) -> list[str]:
+    """Split part: near-duplicate clusters, groups and leakage from the split audit."""
+    near, groups, leaks = audit.get("near_duplicates"), audit.get("groups"), audit.get("leakage")
+    if near is None or groups is None or leaks is None:
+        return []
+    thresholds = ", ".join(f"{k} <= {v}" for k, v in near["max_distance"].items()) or "search off"
+    report = Path(leaks["report"])
+    return [
+        "",
+        f"Near-duplicates ({thresholds}): {near['pairs']} pairs in {near['clusters']} clusters "
+        f"({near['images_in_clusters']} images), each kept in one split. Groups (rule "
+        f"`{groups['rule']}`): {groups['groups']}, each kept in one split. Across splits: "
+        f"{leaks['exact_pairs']} identical and {leaks['near_pairs']} near-duplicate pairs, "
+        f"{leaks['groups']} groups (list: `{_rel(report, here)}`).",
+        *[f"- {note}" for note in audit.get("notes", [])],
+    ]
 
 
 def plot_confusion(predictions: pd.DataFrame, classes: list[str], out: Path) -> Path:

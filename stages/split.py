@@ -1,130 +1,761 @@
-"""Stage ``split``: assign every validated image to train, val or test, seeded and stratified.
+"""Stage ``split``: train/val/test without leakage, seeded, stratified, and audited.
 
-Predefined splits from the source are honoured; what is missing is carved out of train.
-Group- and near-duplicate-aware splitting plugs in at ``assign_splits`` (docs/architecture.md).
+Images that must not be separated are joined into split units: identical bytes (same
+sha256), near-duplicates (perceptual hashes within ``split.near_duplicates.max_distance``,
+found by ``stages.near_duplicates``) and groups (``split.groups``, ``stages.groups``). A unit
+never crosses splits. scikit-learn's ``StratifiedGroupKFold`` deals the units into folds,
+stratified on the label (detection: on the image's class set), and whole folds are then
+allocated to train/val/test to match ``split.fractions``.
+
+A predefined split (folders, a manifest column or ``split.predefined_file``) is honoured by
+default. When it has only train and val, its val becomes the test set (held-out evaluation)
+and val is carved from train, leakage-aware. Either way the audit lists every cross-split
+pair of identical or near-duplicate images and every group found in two splits
+(``reports/leakage.json`` and a contact sheet), and the stage fails when they exceed
+``split.leakage``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from sklearn.model_selection import StratifiedGroupKFold
 
 from stages.cli import exit_with
 from stages.errors import DataError
+from stages.groups import GroupAssignment, assign_groups, match_paths, read_path_mapping
+from stages.imaging import ImageReadError, load_rgb
 from stages.layout import Layout
 from stages.manifest import SPLIT_NAMES, read_parquet, write_json, write_parquet
-from stages.params import Params, SplitSection
+from stages.near_duplicates import compute_hashes, connected_labels, edges_from_keys, near_duplicate_pairs
+from stages.params import NearDuplicateSection, Params, SplitSection
 
 log = logging.getLogger("stages.split")
 STAGE = "split"
+
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+UNLABELLED = "(no label)"
+NO_BOXES = "(no boxes)"
+MAX_FOLDS = 20  # fold granularity 5 %: 0.7/0.15/0.15 is 14/3/3 folds
+FRACTION_TOLERANCE = 0.005  # the fewest folds whose shares are this close to split.fractions
+MIN_CLASS_SET_IMAGES = 10  # detection: rarer class sets stratify on their rarest class instead
+PAIR_ID_COLUMNS = ["image_id_a", "image_id_b"]
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """What ``assign_splits`` decided."""
+
+    splits: pd.DataFrame  # image_id, split; sorted by image_id
+    units: pd.Series  # image_id -> split unit (images that must stay together share one)
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class SplitResult:
     splits: pd.DataFrame
     audit: dict
+    leakage: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         counts = self.splits["split"].value_counts()
-        return ", ".join(f"{name} {int(counts.get(name, 0))}" for name in SPLIT_NAMES)
+        sizes = ", ".join(f"{name} {int(counts.get(name, 0))}" for name in SPLIT_NAMES)
+        near = self.audit.get("near_duplicates", {})
+        leaks = self.audit.get("leakage", {})
+        return (
+            f"{sizes}; {near.get('clusters', 0)} near-duplicate clusters and "
+            f"{self.audit.get('groups', {}).get('groups', 0)} groups kept whole; "
+            f"{leaks.get('exact_pairs', 0)} identical and {leaks.get('near_pairs', 0)} near-duplicate "
+            f"pairs and {leaks.get('groups', 0)} groups across splits"
+        )
 
 
 def run(params: Params) -> SplitResult:
-    """Write ``splits.parquet`` (image_id -> split) and the split audit."""
+    """Write ``splits.parquet``, the split audit and metrics, and the leakage report; fail on leaks."""
     layout = Layout(params.paths)
-    manifest = read_parquet(layout.manifest)
-    splits = assign_splits(manifest, params.split, params.base.seed)
-    audit = audit_splits(manifest, splits)
+    cfg = params.split
+    manifest = read_parquet(layout.manifest).sort_values("image_id", kind="stable").reset_index(drop=True)
+    log.info("read %d images from %s", len(manifest), layout.manifest)
+    grouping = assign_groups(manifest, cfg.groups, params.data.source)
+    manifest["group"] = grouping.groups
+    if cfg.predefined_file is not None:
+        manifest["split"] = predefined_from_file(manifest, params.data.source / cfg.predefined_file)
+    detect = params.data.task == "detect" and layout.boxes.is_file()
+    boxes = read_parquet(layout.boxes) if detect else None
+    strata = stratum_labels(manifest, boxes)
+    pairs = find_near_duplicates(manifest, params.data.source, cfg.near_duplicates, layout.hash_cache)
+
+    plan = assign_splits(manifest, cfg, params.base.seed, pairs=pairs, strata=strata)
+    leakage = audit_leakage(manifest, plan.splits, pairs, cfg)
+    audit = audit_splits(manifest, plan.splits, class_membership(manifest, boxes))
+    audit |= describe_plan(plan, pairs, grouping, cfg, leakage, layout)
     for warning in audit["warnings"]:
         log.warning(warning)
-    write_parquet(splits, layout.splits)
+    for note in audit["notes"]:
+        log.info(note)
+
+    write_parquet(plan.splits, layout.splits)
     write_json(audit, layout.split_audit)
-    return SplitResult(splits, audit)
+    write_json(split_metrics(audit), layout.split_metrics)
+    write_json(leakage, layout.leakage_report)
+    draw_contact_sheet(leakage, params.data.source, layout.leakage_sheet, cfg.leakage.sheet_pairs)
+    log.info(
+        "wrote %s, %s, %s and %s",
+        layout.splits,
+        layout.split_audit,
+        layout.leakage_report,
+        layout.leakage_sheet,
+    )
+    failure = leakage_failure(leakage["counts"], cfg, layout)
+    if failure:
+        raise DataError(failure)
+    return SplitResult(plan.splits, audit, leakage)
 
 
-def assign_splits(manifest: pd.DataFrame, params: SplitSection, seed: int) -> pd.DataFrame:
-    """Return image_id -> split; same manifest, params and seed give the same frame."""
+# --- inputs to the split ---------------------------------------------------------------------
+
+
+def predefined_from_file(manifest: pd.DataFrame, file: Path) -> pd.Series:
+    """The split each manifest image has in ``file`` (CSV with ``path`` and ``split`` columns)."""
+    mapping = read_path_mapping(file, "path", "split", "split.predefined_file")
+    unknown = sorted({v for v in mapping.values() if v.lower() not in SPLIT_ALIASES})
+    if unknown:
+        raise DataError(
+            f"{file}: split value {unknown[0]!r} is not one of train, val, test; fix the split column."
+        )
+    splits = match_paths(manifest["path"].astype("string"), mapping)
+    if splits.isna().all():
+        raise DataError(
+            f"{file}: names none of the {len(manifest)} images; its path column must hold paths "
+            "relative to data.source (or file names)."
+        )
+    return splits
+
+
+def stratum_labels(manifest: pd.DataFrame, boxes: pd.DataFrame | None = None) -> pd.Series:
+    """What each image is stratified on, indexed by image_id.
+
+    Classification: its label. Detection (``boxes`` given): its sorted class set, e.g.
+    ``cat|dog``; a set seen on fewer than ``MIN_CLASS_SET_IMAGES`` images falls back to its
+    rarest class, so rare combinations do not become strata of one.
+    """
+    ids = manifest["image_id"].astype("string")
+    if boxes is None:
+        labels = manifest["label"].astype("string").fillna(UNLABELLED)
+        return pd.Series(labels.to_numpy(), index=pd.Index(ids, name="image_id"), dtype="string")
+    present = boxes[["image_id", "class_name"]].drop_duplicates()
+    frequency = present["class_name"].value_counts()
+    sets = present.groupby("image_id")["class_name"].agg(lambda s: tuple(sorted(s)))
+    chosen = sets.reindex(ids.to_numpy())
+    set_counts = chosen.dropna().map("|".join).value_counts()
+
+    def stratum(classes: tuple[str, ...] | float) -> str:
+        if not isinstance(classes, tuple):
+            return NO_BOXES
+        name = "|".join(classes)
+        if len(classes) == 1 or set_counts.get(name, 0) >= MIN_CLASS_SET_IMAGES:
+            return name
+        return min(classes, key=lambda c: (frequency[c], c))
+
+    return pd.Series([stratum(c) for c in chosen], index=pd.Index(ids, name="image_id"), dtype="string")
+
+
+def class_membership(manifest: pd.DataFrame, boxes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (image_id, class) the image contains: its label, or each class it has boxes of."""
+    if boxes is None:
+        frame = manifest[["image_id", "label"]].dropna().rename(columns={"label": "class"})
+    else:
+        frame = boxes[["image_id", "class_name"]].drop_duplicates().rename(columns={"class_name": "class"})
+    return frame.astype("string").reset_index(drop=True)
+
+
+def find_near_duplicates(
+    manifest: pd.DataFrame, source: Path, cfg: NearDuplicateSection, cache_dir: Path
+) -> pd.DataFrame:
+    """Near-duplicate pairs by image_id (``image_id_a < image_id_b``) with a distance column per hash."""
+    if not cfg.enabled or len(manifest) < 2:
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in PAIR_ID_COLUMNS})
+    ordered = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+    kinds = sorted(cfg.max_distance)
+    files = [source / p for p in ordered["path"]]
+    hashes = compute_hashes(files, ordered["sha256"].tolist(), kinds, cache_dir, cfg.workers)
+    found = near_duplicate_pairs(hashes, cfg.max_distance)
+    ids = ordered["image_id"].astype("string").to_numpy()
+    pairs = pd.DataFrame(
+        {
+            "image_id_a": pd.array(ids[found["i"].to_numpy()], dtype="string"),
+            "image_id_b": pd.array(ids[found["j"].to_numpy()], dtype="string"),
+        }
+    )
+    for kind in kinds:
+        pairs[kind] = found[kind].to_numpy()
+    log.info("%d near-duplicate pairs within %s", len(pairs), _thresholds(cfg))
+    return pairs
+
+
+# --- the split -------------------------------------------------------------------------------
+
+
+def split_units(manifest: pd.DataFrame, pairs: pd.DataFrame | None = None) -> pd.Series:
+    """Connected components of same-sha256, same-group and near-duplicate links, by image_id.
+
+    Unit ids are numbered by each unit's smallest image_id, so they depend on the content only.
+    """
+    frame = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+    ids = frame["image_id"].astype("string")
+    edges = [edges_from_keys(frame["sha256"].astype("string"))]
+    if "group" in frame:
+        edges.append(edges_from_keys(frame["group"].astype("string")))
+    if pairs is not None and len(pairs):
+        position = pd.Series(np.arange(len(ids)), index=ids.to_numpy())
+        known = pairs["image_id_a"].isin(position.index) & pairs["image_id_b"].isin(position.index)
+        edges.append(
+            (
+                position[pairs.loc[known, "image_id_a"]].to_numpy(),
+                position[pairs.loc[known, "image_id_b"]].to_numpy(),
+            )
+        )
+    i = np.concatenate([e[0] for e in edges])
+    j = np.concatenate([e[1] for e in edges])
+    labels = connected_labels(len(ids), i, j)
+    return pd.Series(labels, index=pd.Index(ids.to_numpy(), name="image_id"), name="unit")
+
+
+def assign_splits(
+    manifest: pd.DataFrame,
+    params: SplitSection,
+    seed: int,
+    pairs: pd.DataFrame | None = None,
+    strata: pd.Series | None = None,
+) -> SplitPlan:
+    """Assign every image to train, val or test; same inputs, params and seed give the same plan.
+
+    Args:
+        manifest: needs ``image_id``, ``sha256``, ``label``; ``group`` and ``split``
+            (predefined) are used when present. Row order does not matter.
+        params: the ``split`` params section.
+        seed: ``base.seed``.
+        pairs: near-duplicate pairs (``image_id_a``, ``image_id_b``), kept in one split.
+        strata: image_id -> what to stratify on (default: the label).
+
+    Returns:
+        A ``SplitPlan``: image_id -> split, the split units, and notes for the report.
+    """
     if len(manifest) < 3:
         raise DataError(f"only {len(manifest)} valid images; splitting into train/val/test needs at least 3.")
-    frame = manifest[["image_id", "label", "split"]].sort_values("image_id").reset_index(drop=True)
-    assigned = frame["split"].astype("string")
-    if not params.honour_predefined:
-        assigned[:] = pd.NA
-    fractions = params.fractions
-    unassigned = assigned.isna()
-    if unassigned.any():
-        assigned[unassigned] = _stratified_three_way(
-            frame[unassigned], fractions.train, fractions.val, fractions.test, seed
-        )
-    # A predefined layout often lacks test (or val): carve it from train, stratified.
-    for name, fraction in (("test", fractions.test), ("val", fractions.val)):
-        if fraction > 0 and not (assigned == name).any():
-            train_rows = frame[assigned == "train"]
-            size = max(1, round(fraction * len(frame)))
-            _, carved = _stratified_take(train_rows, size, seed)
-            assigned[carved.index] = name
-            log.info("source has no %s split: carved %d images from train", name, len(carved))
-    return pd.DataFrame({"image_id": frame["image_id"], "split": assigned.astype("string")})
+    frame = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+    ids = frame["image_id"].astype("string")
+    units = split_units(frame, pairs)
+    unit = units.to_numpy()
+    if strata is None:
+        strata = stratum_labels(frame)
+    codes = pd.factorize(strata.reindex(ids.to_numpy()).fillna(UNLABELLED))[0]
+    fr = params.fractions
+    targets = {"train": fr.train, "val": fr.val, "test": fr.test}
+    notes: list[str] = []
+    found_warnings: list[str] = []
+
+    source = frame["split"] if "split" in frame and params.honour_predefined else None
+    predefined = _normalise_splits(source) if source is not None else pd.Series(pd.NA, index=frame.index)
+    assigned = predefined.to_numpy(dtype=object)
+    given = ~pd.isna(assigned)
+    if not given.any():
+        assigned = _allocate(unit, codes, targets, seed, found_warnings)
+    else:
+        present = set(assigned[given])
+        if "train" not in present:
+            raise DataError(
+                f"the source predefines {', '.join(sorted(present))} but no train split; add one or set "
+                "split.honour_predefined: false."
+            )
+        if "test" not in present and "val" in present:
+            assigned[assigned == "val"] = "test"
+            notes.append(
+                f"The source predefines only train and val: its val ({int((assigned == 'test').sum())} "
+                "images) is used as the test set (held-out evaluation), and the val split for model "
+                "selection is carved from its train."
+            )
+        free = pd.isna(assigned)
+        if free.any():
+            _fill_free(assigned, unit, codes, targets, seed, found_warnings)
+            notes.append(f"{int(free.sum())} images had no predefined split and were split by fractions.")
+        if "test" not in present and "val" not in present:
+            carve = assigned == "train"
+            assigned[carve] = _allocate(unit[carve], codes[carve], targets, seed, found_warnings)
+            notes.append(
+                f"The source predefines only train: test ({int((assigned == 'test').sum())}) and val "
+                f"({int((assigned == 'val').sum())}) were carved from it by split.fractions."
+            )
+        elif fr.val > 0 and "val" not in set(assigned[given]):
+            carve = assigned == "train"
+            sub = {"train": fr.train, "val": fr.val}
+            assigned[carve] = _allocate(unit[carve], codes[carve], sub, seed, found_warnings)
+            notes.append(
+                f"val ({int((assigned == 'val').sum())} images) was carved from the source's train, "
+                f"{fr.val / (fr.train + fr.val):.0%} of it, keeping near-duplicates and groups together."
+            )
+    splits = pd.DataFrame({"image_id": ids, "split": pd.array(assigned, dtype="string")})
+    return SplitPlan(splits, units, tuple(notes), tuple(found_warnings))
 
 
-def _stratified_three_way(rows: pd.DataFrame, train: float, val: float, test: float, seed: int) -> np.ndarray:
-    labels = pd.Series("train", index=rows.index, dtype="string")
-    rest, test_rows = _stratified_take(rows, max(1, round(test * len(rows))), seed)
-    labels[test_rows.index] = "test"
-    if val > 0:
-        val_size = max(1, round(val * len(rows)))
-        _, val_rows = _stratified_take(rest, val_size, seed + 1)
-        labels[val_rows.index] = "val"
-    return labels.to_numpy()
-
-
-def _stratified_take(rows: pd.DataFrame, size: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split ``size`` rows off, stratified by label when every class can spare one."""
-    if size >= len(rows):
+def _normalise_splits(column: pd.Series) -> pd.Series:
+    values = column.astype("string").str.strip().str.lower()
+    mapped = values.map(SPLIT_ALIASES, na_action="ignore")
+    unknown = values.notna() & mapped.isna()
+    if unknown.any():
         raise DataError(
-            f"cannot take {size} of {len(rows)} images for a split; lower split.fractions or add data."
+            f"predefined split {values[unknown].iloc[0]!r} is not train, val or test; rename it or set "
+            "split.honour_predefined: false."
         )
-    counts = rows["label"].value_counts(dropna=False)
-    stratify = rows["label"].fillna("") if counts.min() >= 2 and size >= counts.size else None
-    if stratify is None and rows["label"].notna().any():
-        log.warning("a class has fewer than 2 images here: this split is not stratified")
-    kept, taken = train_test_split(rows, test_size=size, random_state=seed, stratify=stratify)
-    return kept, taken
+    return mapped.astype("string")
 
 
-def audit_splits(manifest: pd.DataFrame, splits: pd.DataFrame) -> dict:
-    """Counts per split and class, class-proportion deviation, and exact-duplicate leakage."""
-    joined = manifest.merge(splits, on="image_id", suffixes=("_source", ""))
-    overall = joined["label"].value_counts(normalize=True)
+def _fill_free(
+    assigned: np.ndarray, unit: np.ndarray, codes: np.ndarray, targets: dict, seed: int, found: list[str]
+) -> None:
+    """Images without a predefined split: follow their unit's predefined split, else split by fractions."""
+    given = ~pd.isna(assigned)
+    votes = pd.DataFrame({"unit": unit[given], "split": assigned[given]})
+    unit_split = votes.groupby("unit")["split"].agg(lambda s: s.value_counts().sort_index().idxmax())
+    free = pd.isna(assigned)
+    follow = free & np.isin(unit, unit_split.index.to_numpy())
+    assigned[follow] = unit_split.reindex(unit[follow]).to_numpy()
+    rest = free & ~follow
+    if rest.any():
+        assigned[rest] = _allocate(unit[rest], codes[rest], targets, seed, found)
+
+
+def _allocate(
+    units: np.ndarray, codes: np.ndarray, targets: dict[str, float], seed: int, found: list[str]
+) -> np.ndarray:
+    """Split name per row: ``StratifiedGroupKFold`` folds over the units, allocated to the targets."""
+    names = [name for name, share in targets.items() if share > 0]
+    total = sum(targets[name] for name in names)
+    weights = {name: targets[name] / total for name in names}
+    n_units = len(np.unique(units))
+    if n_units < len(names):
+        raise DataError(
+            f"only {n_units} independent groups of images (after joining duplicates, near-duplicates and "
+            f"split.groups) to deal into {', '.join(names)}; add data or loosen split.groups and "
+            "split.near_duplicates."
+        )
+    k = fold_count(list(weights.values()), n_units)
+    _, y = np.unique(codes, return_inverse=True)
+    if np.bincount(y).max() < k:
+        y = np.zeros_like(y)
+        found.append(f"no class has {k} images: the split is grouped but not stratified.")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # thin classes: the audit reports the deviation
+        folds = [test for _, test in splitter.split(np.zeros(len(y)), y, units)]
+    fold_classes = np.stack([np.bincount(y[f], minlength=y.max() + 1) for f in folds])
+    allocation = allocate_folds(fold_classes, weights)
+    result = np.empty(len(units), dtype=object)
+    for fold, name in zip(folds, allocation, strict=True):
+        result[fold] = name
+    return result
+
+
+def fold_count(weights: list[float], n_units: int) -> int:
+    """The fewest folds (at most ``MAX_FOLDS`` and ``n_units``) whose whole-fold shares fit ``weights``."""
+    best: tuple[float, int] | None = None
+    for k in range(len(weights), min(MAX_FOLDS, n_units) + 1):
+        counts = _fold_shares(weights, k)
+        error = max(abs(c / k - w) for c, w in zip(counts, weights, strict=True))
+        if error <= FRACTION_TOLERANCE:
+            return k
+        if best is None or error < best[0] - 1e-12:
+            best = (error, k)
+    assert best is not None
+    return best[1]
+
+
+def _fold_shares(weights: list[float], k: int) -> list[int]:
+    """Largest-remainder rounding of ``weights * k`` with at least one fold each."""
+    exact = [w * k for w in weights]
+    counts = [max(1, int(x)) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: -(exact[i] - int(exact[i])))
+    for i in order:
+        if sum(counts) >= k:
+            break
+        counts[i] += 1
+    while sum(counts) > k:
+        i = max((i for i in range(len(counts)) if counts[i] > 1), key=lambda i: counts[i] - exact[i])
+        counts[i] -= 1
+    return counts
+
+
+def allocate_folds(fold_classes: np.ndarray, weights: dict[str, float]) -> list[str]:
+    """Give each fold to a split so each split's size and class shares approach its weight.
+
+    ``fold_classes`` is folds x classes (image counts). A fold is described by the share of
+    every class it holds plus its share of all images (weighted like all classes together);
+    the error of an allocation is the squared distance of each split's sum from its weight.
+    Largest folds go first, each to the split whose error it reduces most; then single moves
+    and pairwise swaps of folds are applied while they reduce the error. A fold holding a
+    very large unit therefore lands in the largest split, and every split with a positive
+    weight keeps at least one non-empty fold when there are enough.
+    """
+    counts = np.asarray(fold_classes, dtype=float).reshape(len(fold_classes), -1)
+    names = list(weights)
+    sizes = counts.sum(axis=1)
+    n_classes = counts.shape[1]
+    vectors = np.column_stack(
+        [counts / np.maximum(counts.sum(axis=0), 1), np.sqrt(n_classes) * sizes / max(sizes.sum(), 1)]
+    )
+    share = np.array([weights[name] for name in names])
+    target = share[:, None] * np.append(np.ones(n_classes), np.sqrt(n_classes))
+    got = np.zeros_like(target)
+    owner = np.full(len(sizes), -1)
+    for fold in sorted(range(len(sizes)), key=lambda f: (-sizes[f], f)):
+        if sizes[fold] == 0:
+            continue
+        gains = 2 * (target - got) @ vectors[fold] - vectors[fold] @ vectors[fold]
+        owner[fold] = int(np.argmax(gains))  # ties go to the first split in ``weights``
+        got[owner[fold]] += vectors[fold]
+    for index in range(len(names)):  # every split gets a fold, taken from the one with the most
+        held = np.bincount(owner[owner >= 0], minlength=len(names))
+        if held[index] or held.max() < 2:
+            continue
+        donor = int(np.argmax(held))
+        fold = min(np.flatnonzero(owner == donor), key=lambda f: (sizes[f], f))
+        owner[fold] = index
+        got[donor] -= vectors[fold]
+        got[index] += vectors[fold]
+    _improve(owner, vectors, target, got)
+    return [names[max(o, 0)] for o in owner]
+
+
+def _improve(owner: np.ndarray, vectors: np.ndarray, target: np.ndarray, got: np.ndarray) -> None:
+    """Local search on the allocation: single moves and pairwise swaps while the error drops."""
+
+    def error(rows: list[int]) -> float:
+        return float(((target[rows] - got[rows]) ** 2).sum())
+
+    folds = [f for f in range(len(owner)) if owner[f] >= 0]
+    for _ in range(100):  # each pass lowers the error; a few passes reach a local optimum
+        improved = False
+        for f in folds:
+            a = owner[f]
+            if (owner == a).sum() < 2:
+                continue
+            for b in range(len(target)):
+                if b == a:
+                    continue
+                before = error([a, b])
+                got[a] -= vectors[f]
+                got[b] += vectors[f]
+                if error([a, b]) < before - 1e-12:
+                    owner[f], improved = b, True
+                    break
+                got[a] += vectors[f]
+                got[b] -= vectors[f]
+        for f, g in combinations(folds, 2):
+            a, b = owner[f], owner[g]
+            if a == b:
+                continue
+            before = error([a, b])
+            delta = vectors[g] - vectors[f]
+            got[a] += delta
+            got[b] -= delta
+            if error([a, b]) < before - 1e-12:
+                owner[f], owner[g], improved = b, a, True
+            else:
+                got[a] -= delta
+                got[b] += delta
+        if not improved:
+            return
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def audit_splits(
+    manifest: pd.DataFrame, splits: pd.DataFrame, membership: pd.DataFrame | None = None
+) -> dict:
+    """Images and class counts per split, and how far each split's class shares are from the whole.
+
+    A class's share is the fraction of a split's images that contain it (for classification:
+    have that label); the deviation is the largest absolute difference from the whole set.
+    """
+    if membership is None:
+        membership = class_membership(manifest)
+    joined = manifest[["image_id", "sha256"]].merge(splits, on="image_id")
+    total = len(joined)
+    per_image = membership.merge(joined[["image_id", "split"]], on="image_id")
+    overall = per_image["class"].value_counts() / max(total, 1)
     per_split: dict[str, dict] = {}
     max_deviation = 0.0
     for name in SPLIT_NAMES:
-        part = joined[joined["split"] == name]
-        if part.empty:
+        images = int((joined["split"] == name).sum())
+        if not images:
             continue
-        share = part["label"].value_counts(normalize=True).reindex(overall.index, fill_value=0.0)
+        counts = per_image.loc[per_image["split"] == name, "class"].value_counts()
+        share = counts.reindex(overall.index, fill_value=0) / images
         deviation = float((share - overall).abs().max()) if len(overall) else 0.0
         max_deviation = max(max_deviation, deviation)
         per_split[name] = {
-            "images": len(part),
-            "class_counts": {str(k): int(v) for k, v in part["label"].value_counts().items()},
+            "images": images,
+            "fraction": round(images / total, 4),
+            "class_counts": {str(k): int(v) for k, v in sorted(counts.items())},
             "max_class_share_deviation": round(deviation, 4),
         }
     crossing = joined.groupby("sha256")["split"].nunique()
-    leaked = int((crossing > 1).sum())
-    warnings = []
-    if leaked:
-        warnings.append(f"{leaked} identical images appear in more than one split.")
     return {
         "splits": per_split,
         "max_class_share_deviation": round(max_deviation, 4),
-        "exact_duplicates_across_splits": leaked,
-        "warnings": warnings,
+        "exact_duplicates_across_splits": int((crossing > 1).sum()),
+        "warnings": [],
+        "notes": [],
     }
+
+
+def audit_leakage(
+    manifest: pd.DataFrame, splits: pd.DataFrame, pairs: pd.DataFrame | None, params: SplitSection
+) -> dict:
+    """Every cross-split pair of identical or near-duplicate images, and every group in two splits.
+
+    Returns the content of ``reports/leakage.json``: ``counts``, ``pairs`` (identical first,
+    then by distance; each with both paths, both splits and the distance per hash) and ``groups``.
+    """
+    columns = ["image_id", "path", "sha256"] + (["group"] if "group" in manifest else [])
+    frame = manifest[columns].merge(splits, on="image_id")
+    frame["image_id"] = frame["image_id"].astype("string")
+    kinds = sorted(params.near_duplicates.max_distance) if params.near_duplicates.enabled else []
+
+    same = frame.merge(frame, on="sha256", suffixes=("_a", "_b"))
+    same = same[(same["image_id_a"] < same["image_id_b"]) & (same["split_a"] != same["split_b"])]
+    entries = [
+        _pair_entry("exact", row.path_a, row.path_b, row.split_a, row.split_b, dict.fromkeys(kinds, 0))
+        for row in same.sort_values(["path_a", "path_b"]).itertuples()
+    ]
+    near_count = 0
+    if pairs is not None and len(pairs):
+        info = frame.set_index("image_id")
+        a, b = info.loc[pairs["image_id_a"]], info.loc[pairs["image_id_b"]]
+        crossing = (a["split"].to_numpy() != b["split"].to_numpy()) & (
+            a["sha256"].to_numpy() != b["sha256"].to_numpy()
+        )
+        near = pd.DataFrame(
+            {
+                "path_a": a["path"].to_numpy()[crossing],
+                "path_b": b["path"].to_numpy()[crossing],
+                "split_a": a["split"].to_numpy()[crossing],
+                "split_b": b["split"].to_numpy()[crossing],
+            }
+        )
+        dist_columns = [k for k in kinds if k in pairs]
+        for kind in dist_columns:
+            near[kind] = pairs[kind].to_numpy()[crossing]
+        near["total"] = near[dist_columns].sum(axis=1) if dist_columns else 0
+        near = near.sort_values(["total", "path_a", "path_b"], kind="stable")
+        near_count = len(near)
+        entries += [
+            _pair_entry(
+                "near",
+                row["path_a"],
+                row["path_b"],
+                row["split_a"],
+                row["split_b"],
+                {k: int(row[k]) for k in dist_columns},
+            )
+            for row in near.to_dict("records")
+        ]
+    group_entries = []
+    if "group" in frame:
+        grouped = frame.dropna(subset=["group"]).groupby("group")["split"]
+        for name, values in grouped:
+            counts = values.value_counts()
+            if len(counts) > 1:
+                group_entries.append(
+                    {"group": str(name), "splits": {str(k): int(v) for k, v in sorted(counts.items())}}
+                )
+    return {
+        "max_distance": dict(params.near_duplicates.max_distance) if kinds else {},
+        "tolerance": params.leakage.model_dump(exclude={"sheet_pairs"}),
+        "counts": {"exact_pairs": len(same), "near_pairs": near_count, "groups": len(group_entries)},
+        "pairs": entries,
+        "groups": group_entries,
+    }
+
+
+def _pair_entry(kind: str, a: str, b: str, split_a: str, split_b: str, distance: dict[str, int]) -> dict:
+    if SPLIT_NAMES.index(split_b) < SPLIT_NAMES.index(split_a):  # train side first
+        a, b, split_a, split_b = b, a, split_b, split_a
+    return {
+        "kind": kind,
+        "a": str(a),
+        "b": str(b),
+        "split_a": str(split_a),
+        "split_b": str(split_b),
+        "distance": distance,
+    }
+
+
+def describe_plan(
+    plan: SplitPlan,
+    pairs: pd.DataFrame,
+    grouping: GroupAssignment,
+    params: SplitSection,
+    leakage: dict,
+    layout: Layout,
+) -> dict:
+    """The audit's account of clusters, groups, split units, leakage, notes and warnings."""
+    near = params.near_duplicates
+    found: list[str] = list(plan.warnings)
+    ids = plan.units.index.to_numpy()
+    if near.enabled and len(pairs):
+        position = pd.Series(np.arange(len(ids)), index=ids)
+        labels = connected_labels(
+            len(ids),
+            position[pairs["image_id_a"]].to_numpy(),
+            position[pairs["image_id_b"]].to_numpy(),
+        )
+        sizes = np.bincount(labels)
+        clusters = {
+            "clusters": int((sizes > 1).sum()),
+            "images_in_clusters": int(sizes[sizes > 1].sum()),
+            "largest_cluster": int(sizes.max()),
+        }
+    else:
+        clusters = {"clusters": 0, "images_in_clusters": 0, "largest_cluster": 1 if len(ids) else 0}
+    group_sizes = grouping.groups.value_counts()
+    unit_sizes = plan.units.value_counts()
+    largest_unit = int(unit_sizes.max()) if len(unit_sizes) else 0
+    smallest_share = min(s for s in params.fractions.model_dump().values() if s > 0)
+    if len(ids) and largest_unit > smallest_share * len(ids):
+        found.append(
+            f"the largest set of images that must stay together holds {largest_unit} of {len(ids)} images, "
+            f"more than the smallest split fraction ({smallest_share:g}); split sizes cannot match "
+            "split.fractions (check split.groups, or lower split.near_duplicates.max_distance)."
+        )
+    if grouping.unmatched and grouping.rule not in ("source", "none"):
+        found.append(
+            f"split.groups (rule {grouping.rule}) gave no group to {grouping.unmatched} images; each "
+            "of them is split on its own."
+        )
+    return {
+        "near_duplicates": {
+            "enabled": near.enabled,
+            "max_distance": dict(near.max_distance) if near.enabled else {},
+            "pairs": len(pairs),
+            **clusters,
+        },
+        "groups": {
+            "rule": grouping.rule,
+            "groups": len(group_sizes),
+            "largest_group": int(group_sizes.max()) if len(group_sizes) else 0,
+            "images_without_group": int(grouping.groups.isna().sum()),
+        },
+        "units": {"count": len(unit_sizes), "largest": largest_unit},
+        "leakage": leakage["counts"] | {"report": layout.leakage_report.as_posix()},
+        "notes": list(plan.notes),
+        "warnings": found,
+    }
+
+
+def split_metrics(audit: dict) -> dict:
+    """The numbers worth diffing across commits (``dvc metrics diff``)."""
+    return {
+        "images": {name: info["images"] for name, info in audit["splits"].items()},
+        "fraction": {name: info["fraction"] for name, info in audit["splits"].items()},
+        "max_class_share_deviation": audit["max_class_share_deviation"],
+        "near_duplicate_pairs": audit["near_duplicates"]["pairs"],
+        "clusters_merged": audit["near_duplicates"]["clusters"],
+        "images_in_clusters": audit["near_duplicates"]["images_in_clusters"],
+        "groups": audit["groups"]["groups"],
+        "split_units": audit["units"]["count"],
+        "leaks": {k: audit["leakage"][k] for k in ("exact_pairs", "near_pairs", "groups")},
+    }
+
+
+def leakage_failure(counts: dict, params: SplitSection, layout: Layout) -> str | None:
+    """One sentence when leaks exceed ``split.leakage``, else None."""
+    tol = params.leakage
+    limits = {"exact_pairs": tol.max_exact_pairs, "near_pairs": tol.max_near_pairs, "groups": tol.max_groups}
+    if all(counts[k] <= limits[k] for k in limits):
+        return None
+    words = {
+        "exact_pairs": "identical-image pairs",
+        "near_pairs": "near-duplicate pairs",
+        "groups": "groups",
+    }
+    found = ", ".join(f"{counts[k]} {words[k]} (tolerated: {limits[k]})" for k in limits if counts[k])
+    return (
+        f"leakage across splits: {found}; every one is listed in {layout.leakage_report} and the worst "
+        f"pairs are drawn in {layout.leakage_sheet} (re-split with split.honour_predefined: false, or "
+        "raise split.leakage)."
+    )
+
+
+# --- contact sheet ---------------------------------------------------------------------------
+
+_THUMB = 160
+_TEXT_WIDTH = 520
+
+
+def draw_contact_sheet(leakage: dict, source: Path, out: Path, limit: int) -> Path:
+    """A PNG with the worst cross-split pairs side by side, or a one-line note when there are none."""
+    pairs = leakage["pairs"][:limit]
+    font = _font()
+    row_height = _THUMB + 12
+    width = 2 * (_THUMB + 8) + _TEXT_WIDTH
+    height = len(pairs) * row_height + 36
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    counts = leakage["counts"]
+    title = (
+        f"{counts['exact_pairs']} identical and {counts['near_pairs']} near-duplicate pairs and "
+        f"{counts['groups']} groups across splits" + (f"; the {len(pairs)} closest pairs:" if pairs else "")
+    )
+    draw.text((8, 8), title, fill="black", font=font)
+    for row, pair in enumerate(pairs):
+        top = 36 + row * row_height
+        for column, path in enumerate((pair["a"], pair["b"])):
+            sheet.paste(_thumbnail(source / path), (8 + column * (_THUMB + 8), top))
+        distance = ", ".join(f"{k} {v}" for k, v in pair["distance"].items()) or "same bytes"
+        lines = [
+            f"{pair['kind']}: {distance}",
+            f"{pair['split_a']}: {_shorten(pair['a'])}",
+            f"{pair['split_b']}: {_shorten(pair['b'])}",
+        ]
+        draw.multiline_text(
+            (2 * (_THUMB + 8) + 8, top + 8), "\n".join(lines), fill="black", font=font, spacing=6
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, format="PNG")
+    return out
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=13)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _thumbnail(path: Path) -> Image.Image:
+    try:
+        image = load_rgb(path)
+    except ImageReadError:
+        return Image.new("RGB", (_THUMB, _THUMB), (200, 200, 200))
+    return ImageOps.pad(image, (_THUMB, _THUMB), color=(255, 255, 255))
+
+
+def _shorten(path: str, width: int = 64) -> str:
+    return path if len(path) <= width else "..." + path[-(width - 3) :]
+
+
+def _thresholds(cfg: NearDuplicateSection) -> str:
+    return ", ".join(f"{k} <= {v}" for k, v in sorted(cfg.max_distance.items()))
 
 
 if __name__ == "__main__":
