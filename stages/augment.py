@@ -1,12 +1,24 @@
 """Stage ``augment``: turn params into an albumentations policy, save it, and render a preview.
 
-The saved policy (albumentations' own serialisation) is exactly what the trainer applies,
-so the preview a person looks at and the training run cannot disagree.
+The saved policy (albumentations' own serialisation) is exactly what the trainers apply, so
+the preview a person looks at and the training run cannot disagree.
+
+Classification policies change the image only. Detection policies (``data.task: detect``)
+also carry albumentations' ``BboxParams``: boxes are absolute pixel corners (``pascal_voc``,
+the layout of ``boxes.parquet``), clipped to the frame, and dropped when less than
+``augment.bbox.min_visibility`` of a box stays in view or its area falls under
+``augment.bbox.min_area`` pixels. A detection policy accepts only transforms that move boxes
+with the pixels or change pixel values alone.
+
+This module never imports ultralytics (AGPL boundary): the YOLO side lives in
+``stages/yolo_augment.py``.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,18 +26,32 @@ from typing import Any
 import albumentations as A
 import numpy as np
 import pandas as pd
+from albumentations.core.type_definitions import Targets
+from pydantic import ValidationError
 
 from stages.cli import exit_with
 from stages.errors import ParamsError
 from stages.imaging import load_rgb
 from stages.layout import Layout
 from stages.manifest import read_parquet
-from stages.params import AugmentSection, Params, TransformSpec
+from stages.params import AugmentSection, BboxSection, Params, TransformSpec
 
 log = logging.getLogger("stages.augment")
 STAGE = "augment"
 
+BOX_FORMAT = "pascal_voc"  # (x_min, y_min, x_max, y_max) in pixels, as in boxes.parquet
+LABEL_FIELD = "class_labels"
+BOX_COLUMNS = ["x_min", "y_min", "x_max", "y_max"]
+# Compositions an explicit list may nest: {name: OneOf, params: {transforms: [...], p: 0.5}}.
+GROUPS = ("OneOf", "SomeOf", "RandomOrder", "OneOrOther", "Sequential")
+# Transforms whose output is not an image array the trainers can use.
+NOT_AN_IMAGE = ("ToTensorV2", "ToTensor3D")
+
 # Mild, label-preserving policies for fine-tuning; no vertical flips (most photos have an "up").
+# Every transform here either moves boxes with the pixels or changes pixel values only, so the
+# same presets serve detection. Affine fills the border with black (never reflects it, which
+# would mirror objects that have no box) and bounds rotated boxes by the inscribed ellipse,
+# which keeps them tight.
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "none": [],
     "light": [
@@ -43,6 +69,7 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
                 "scale": [0.9, 1.1],
                 "translate_percent": [-0.05, 0.05],
                 "rotate": [-10, 10],
+                "rotate_method": "ellipse",
                 "p": 0.5,
             },
         },
@@ -64,6 +91,7 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
                 "translate_percent": [-0.1, 0.1],
                 "rotate": [-20, 20],
                 "shear": [-8, 8],
+                "rotate_method": "ellipse",
                 "p": 0.7,
             },
         },
@@ -90,26 +118,39 @@ class AugmentResult:
     policy_file: Path
     preview_file: Path | None
     transforms: list[str]
+    task: str = "classify"
 
     def __str__(self) -> str:
-        return f"policy [{', '.join(self.transforms) or 'no transforms'}] -> {self.policy_file}"
+        boxes = " with bbox rules" if self.task == "detect" else ""
+        names = ", ".join(self.transforms) or "no transforms"
+        return f"policy [{names}]{boxes} -> {self.policy_file}; preview -> {self.preview_file}"
 
 
 def run(params: Params) -> AugmentResult:
     """Build and save the policy under ``paths.processed``; render the preview under ``paths.reports``."""
     layout = Layout(params.paths)
-    policy = build_policy(params.augment, params.base.seed)
+    task = params.data.task
+    policy = build_policy(params.augment, params.base.seed, task=task)
     layout.augment_policy.parent.mkdir(parents=True, exist_ok=True)
     A.save(policy, str(layout.augment_policy), data_format="json")
+    log.info("wrote %s", layout.augment_policy)
     preview = None
     if layout.manifest.is_file() and layout.splits.is_file():
         manifest = read_parquet(layout.manifest).merge(
             read_parquet(layout.splits), on="image_id", suffixes=("_source", "")
         )
         train = manifest[manifest["split"] == "train"]
-        preview = render_preview(policy, train, params, layout.augment_preview)
+        boxes = None
+        if task == "detect":
+            if layout.boxes.is_file():
+                boxes = read_parquet(layout.boxes)
+            else:
+                log.warning("data.task is detect but %s is missing: the preview shows no boxes", layout.boxes)
+        preview = render_preview(policy, train, params, layout.augment_preview, boxes=boxes)
+        if preview is not None:
+            log.info("wrote %s from %d training images", preview, len(train))
     names = [type(t).__name__ for t in policy.transforms]
-    return AugmentResult(layout.augment_policy, preview, names)
+    return AugmentResult(layout.augment_policy, preview, names, task)
 
 
 def transform_specs(params: AugmentSection) -> list[TransformSpec]:
@@ -119,28 +160,103 @@ def transform_specs(params: AugmentSection) -> list[TransformSpec]:
     return [TransformSpec.model_validate(spec) for spec in PRESETS[params.preset]]
 
 
-def build_policy(params: AugmentSection, seed: int) -> A.Compose:
-    """Instantiate each transform, failing with one sentence that names the bad one."""
-    transforms = [build_transform(spec) for spec in transform_specs(params)]
-    return A.Compose(transforms, seed=seed)
+def build_policy(params: AugmentSection, seed: int, task: str = "classify") -> A.Compose:
+    """Instantiate each transform, failing with one sentence that names the bad one.
+
+    Args:
+        params: the ``augment`` section (a preset or an explicit list, and the bbox rules).
+        seed: the Compose's own seed (the trainers reseed it per image and view).
+        task: ``classify`` or ``detect``; ``detect`` adds ``BboxParams`` and refuses transforms
+            that would move pixels without moving the boxes.
+
+    Returns:
+        The policy, ready for ``A.save`` and for ``augment_image`` / ``augment_sample``.
+
+    Examples:
+        >>> policy = build_policy(AugmentSection(preset="light"), seed=0, task="detect")
+        >>> [type(t).__name__ for t in policy.transforms]
+        ['HorizontalFlip', 'RandomBrightnessContrast']
+    """
+    transforms = [build_transform(spec, task) for spec in transform_specs(params)]
+    bbox = bbox_params(params.bbox) if task == "detect" else None
+    return A.Compose(transforms, bbox_params=bbox, seed=seed)
 
 
-def build_transform(spec: TransformSpec) -> A.BasicTransform:
+def bbox_params(section: BboxSection) -> A.BboxParams:
+    """Pixel corners, clipped to the frame, filtered by visibility and area after each transform."""
+    return A.BboxParams(
+        format=BOX_FORMAT,
+        label_fields=[LABEL_FIELD],
+        min_visibility=section.min_visibility,
+        min_area=section.min_area,
+        clip=True,
+    )
+
+
+def build_transform(spec: TransformSpec, task: str = "classify") -> A.BasicTransform | A.BaseCompose:
     cls = getattr(A, spec.name, None)
+    if isinstance(cls, type) and spec.name in GROUPS:
+        return _build_group(cls, spec, task)
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
         raise ParamsError(
             f"augment.transforms: '{spec.name}' is not a transform in albumentations "
             f"{A.__version__}; check the spelling against its documentation."
         )
+    _check_targets(cls, task)
     try:
         return cls(**spec.params, strict=True)
     except (ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()
-        reason = " ".join(line.strip() for line in first[:3])
         raise ParamsError(
             f"augment.transforms: {spec.name}{spec.params} is invalid in albumentations "
-            f"{A.__version__}: {reason}"
+            f"{A.__version__}: {_first_lines(exc)}"
         ) from None
+
+
+def _build_group(cls: type, spec: TransformSpec, task: str) -> A.BaseCompose:
+    params = dict(spec.params)
+    children = params.pop("transforms", None)
+    if not isinstance(children, list) or not children:
+        raise ParamsError(
+            f"augment.transforms: {spec.name} needs params.transforms, a non-empty list of "
+            "{name, params} transforms."
+        )
+    try:
+        specs = [TransformSpec.model_validate(child) for child in children]
+    except ValidationError:
+        raise ParamsError(
+            f"augment.transforms: every item of {spec.name}'s params.transforms must be "
+            f"{{name: <albumentations transform>, params: {{...}}}}; got {children!r}."
+        ) from None
+    built = [build_transform(child, task) for child in specs]
+    try:
+        return cls(built, **params)
+    except (ValueError, TypeError) as exc:
+        raise ParamsError(
+            f"augment.transforms: {spec.name}{params} is invalid in albumentations "
+            f"{A.__version__}: {_first_lines(exc)}"
+        ) from None
+
+
+def _check_targets(cls: type, task: str) -> None:
+    """Refuse transforms a trainer cannot use: no image out, or (detection) pixels moved without boxes."""
+    declared = getattr(cls, "_targets", ())
+    targets = set(declared if isinstance(declared, tuple) else (declared,))
+    listed = ", ".join(sorted(t.value for t in targets if t is not None)) or "none"
+    if Targets.IMAGE not in targets or cls.__name__ in NOT_AN_IMAGE:
+        raise ParamsError(
+            f"augment.transforms: '{cls.__name__}' does not return an image array in albumentations "
+            f"{A.__version__} (its targets: {listed}); the trainers need one, so leave it out."
+        )
+    if task == "detect" and not issubclass(cls, A.ImageOnlyTransform) and Targets.BBOXES not in targets:
+        raise ParamsError(
+            f"augment.transforms: '{cls.__name__}' moves pixels but not bounding boxes in albumentations "
+            f"{A.__version__} (its targets: {listed}), so it cannot be used with data.task: detect."
+        )
+
+
+def _first_lines(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return " ".join(line.strip() for line in lines[:3])
 
 
 def load_policy(path: Path) -> A.Compose:
@@ -148,14 +264,79 @@ def load_policy(path: Path) -> A.Compose:
     return A.load(str(path), data_format="json")
 
 
+# Bump when the same (policy, seed) starts giving another view, so caches of augmented views
+# (stages/features.py) can key on it. 2: one shared random stream per call (see ``reseed``).
+VIEW_SEEDING_VERSION = 2
+
+
+def reseed(policy: A.Compose, seed: int) -> None:
+    """Give the policy one fresh random stream, shared by all its transforms in order.
+
+    Not ``Compose.set_random_seed``: that gives every transform its own generator seeded with
+    the same value, so after a per-call reseed their draws coincide (in the default preset the
+    flip, the affine and the brightness change were then always applied together or not at all,
+    3 of 16 combinations). With one shared stream each draw is a fresh number.
+    """
+    policy.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 def augment_image(policy: A.Compose, image: np.ndarray, seed: int) -> np.ndarray:
-    """Apply the policy with a per-call seed, so a view depends only on (image, seed)."""
-    policy.set_random_seed(seed)
-    return policy(image=image)["image"]
+    """Apply the policy with a per-call seed, so a view depends only on (image, seed).
+
+    Works for detection policies too (with no boxes): geometry is then the same as for an
+    image whose boxes ``augment_sample`` moves with the same seed.
+    """
+    reseed(policy, seed)
+    processor = policy.processors.get("bboxes")
+    if processor is None:
+        return policy(image=image)["image"]
+    no_labels = {field: [] for field in processor.params.label_fields or ()}
+    return policy(image=image, bboxes=np.zeros((0, 4)), **no_labels)["image"]
 
 
-def render_preview(policy: A.Compose, train: pd.DataFrame, params: Params, out: Path) -> Path | None:
-    """A grid: each row one training image, original then augmented views."""
+def augment_sample(
+    policy: A.Compose, image: np.ndarray, boxes: np.ndarray | Sequence, labels: Sequence, seed: int
+) -> tuple[np.ndarray, np.ndarray, list]:
+    """Apply a detection policy to an image and its boxes with a per-call seed.
+
+    Args:
+        policy: a policy built with ``task="detect"`` (it carries ``BboxParams``).
+        image: H x W x C uint8 array.
+        boxes: N x 4 absolute pixel corners ``(x_min, y_min, x_max, y_max)`` of ``image``.
+        labels: N labels (class names or indices), kept in step with the boxes.
+        seed: the view's seed; same (image, boxes, seed) gives the same output.
+
+    Returns:
+        ``(image, boxes, labels)``: boxes that left the frame are clipped, boxes that fell under
+        the policy's visibility or area limits are dropped together with their labels.
+
+    Examples:
+        >>> policy = A.Compose([A.HorizontalFlip(p=1)], bbox_params=bbox_params(BboxSection()))
+        >>> _, moved, _ = augment_sample(policy, np.zeros((10, 20, 3), np.uint8), [[2, 1, 6, 5]], ["a"], 0)
+        >>> moved.round().tolist()
+        [[14.0, 1.0, 18.0, 5.0]]
+    """
+    if "bboxes" not in policy.processors:
+        raise ValueError(
+            "augment_sample needs a detection policy (built with task='detect'); this has no BboxParams."
+        )
+    corners = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    names = list(labels)
+    if len(names) != len(corners):
+        raise ValueError(f"augment_sample got {len(corners)} boxes but {len(names)} labels.")
+    reseed(policy, seed)
+    out = policy(image=image, bboxes=corners, **{LABEL_FIELD: names})
+    return out["image"], np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4), list(out[LABEL_FIELD])
+
+
+def render_preview(
+    policy: A.Compose,
+    train: pd.DataFrame,
+    params: Params,
+    out: Path,
+    boxes: pd.DataFrame | None = None,
+) -> Path | None:
+    """A grid: each row one training image, original then augmented views (boxes drawn if given)."""
     import matplotlib.pyplot as plt
 
     if train.empty:
@@ -164,27 +345,71 @@ def render_preview(policy: A.Compose, train: pd.DataFrame, params: Params, out: 
         n=min(params.augment.preview.images, len(train)), random_state=params.base.seed
     )
     views = params.augment.preview.views
+    colours = _class_colours(boxes)
     fig, axes = plt.subplots(
-        len(chosen), views + 1, figsize=(2.2 * (views + 1), 2.2 * len(chosen)), squeeze=False
+        len(chosen), views + 1, figsize=(2.4 * (views + 1), 2.4 * len(chosen) + 0.4), squeeze=False
     )
     for row, (_, item) in enumerate(chosen.iterrows()):
         image = np.asarray(load_rgb(params.data.source / item["path"]))
-        panels = [image] + [
-            augment_image(policy, image, params.base.seed + row * 100 + k) for k in range(views)
-        ]
-        for col, panel in enumerate(panels):
+        seeds = [params.base.seed + row * 100 + k for k in range(views)]
+        if boxes is None:
+            panels = [(image, None, None)] + [(augment_image(policy, image, s), None, None) for s in seeds]
+            row_label = str(item["label"])
+        else:
+            mine = boxes[boxes["image_id"] == item["image_id"]]
+            corners = mine[BOX_COLUMNS].to_numpy(dtype=np.float64)
+            names = mine["class_name"].astype(str).tolist()
+            panels = [(image, corners, names)] + [
+                augment_sample(policy, image, corners, names, s) for s in seeds
+            ]
+            row_label = f"{len(names)} box{'es' if len(names) != 1 else ''}"
+        for col, (panel, panel_boxes, panel_names) in enumerate(panels):
             axis = axes[row][col]
             axis.imshow(panel)
+            if panel_boxes is not None:
+                _draw_boxes(axis, panel_boxes, panel_names, colours)
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
                 axis.set_title("original" if col == 0 else f"augmented {col}", fontsize=9)
-        axes[row][0].set_ylabel(str(item["label"]), fontsize=9)
+        axes[row][0].set_ylabel(row_label, fontsize=9)
+    names = ", ".join(type(t).__name__ for t in policy.transforms) or "no transforms"
+    fig.suptitle(f"augmentation policy: {names}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
+
+
+def _class_colours(boxes: pd.DataFrame | None) -> dict[str, Any]:
+    import matplotlib
+
+    if boxes is None or boxes.empty:
+        return {}
+    palette = matplotlib.colormaps["tab10"]
+    return {name: palette(i % 10) for i, name in enumerate(sorted(boxes["class_name"].astype(str).unique()))}
+
+
+def _draw_boxes(axis: Any, corners: np.ndarray, names: list, colours: dict[str, Any]) -> None:
+    from matplotlib.patches import Rectangle
+
+    for (x_min, y_min, x_max, y_max), name in zip(corners, names, strict=True):
+        colour = colours.get(str(name), "yellow")
+        axis.add_patch(
+            Rectangle(
+                (x_min, y_min), x_max - x_min, y_max - y_min, fill=False, edgecolor=colour, linewidth=1.5
+            )
+        )
+        axis.text(
+            x_min,
+            y_min,
+            str(name),
+            fontsize=6,
+            color="white",
+            va="top",  # inside the box, so a box at the top edge keeps its label in view
+            bbox={"facecolor": colour, "alpha": 0.7, "pad": 1, "linewidth": 0},
+        )
 
 
 if __name__ == "__main__":

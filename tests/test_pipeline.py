@@ -129,3 +129,17 @@ def test_a_stage_rejecting_data_fails_the_repro_with_one_line(tmp_path: Path) ->
     result = _sh(project, sys.executable, "-m", "stages.ingest", "--params", "p.yaml", check=False)
     assert result.returncode == 2
     assert "at least two classes" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_changing_augment_params_reruns_augment_and_the_trainer_not_the_data_stages(project: Path) -> None:
+    _dvc(project, "repro")  # whatever earlier tests left, start from an up-to-date project
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["augment"]["preset"] = "light" if params["augment"]["preset"] != "light" else "heavy"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    assert _ran_stages(_dvc(project, "repro").stdout) == {"augment", "train", "evaluate", "report"}
+
+    # Only the preview changes: the saved policy is byte-identical, so nothing downstream re-runs.
+    params["augment"]["preview"]["views"] = 1
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    assert _ran_stages(_dvc(project, "repro").stdout) == {"augment"}
