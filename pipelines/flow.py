@@ -1,0 +1,487 @@
+"""The DVC pipeline as a Prefect flow: one task per ``dvc.yaml`` stage, recorded in ``dvc.lock``.
+
+Each task calls the stage's own ``run(params)`` in-process (no second implementation), then
+records the stage with DVC's Python API exactly as ``dvc repro`` does after running its
+command, so ``dvc status`` is clean after a flow run and ``dvc repro`` has nothing to do.
+DVC decides what to skip: a stage whose ``dvc status`` is clean ends in a ``Cached`` state.
+Why this shape, and the rule for overrides: docs/architecture.md, "Orchestration with Prefect".
+
+``python -m pipelines.flow [--set train.epochs=3] [--target train]`` runs it once;
+``python -m pipelines.deploy`` serves it on a cron schedule.
+"""
+
+from __future__ import annotations
+
+import pipelines  # noqa: F401  (offline environment first, also when Prefect loads this file by path)
+
+# isort: split
+import argparse
+import errno
+import hashlib
+import importlib
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dvc.exceptions import DownloadError, DvcException, UploadError
+from dvc.lock import LockError
+from dvc.repo import Repo, lock_repo
+from dvc.stage.cache import RunCacheNotFoundError
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import Completed, Failed, State
+from prefect.tasks import Task, exponential_backoff
+
+import stages
+from stages.errors import UserError
+from stages.layout import Layout
+from stages.params import load_params, parse_params
+
+PARAMS_FILE = "params.yaml"  # the file dvc.yaml templates from and dvc.lock records
+PROJECT_FILE = "dvc.yaml"
+STAGE_COMMAND = re.compile(r"python -m (stages\.[a-z_]+)")
+METRICS_ARTIFACT = "cv-finetune-metrics"
+REPORT_ARTIFACT = "cv-finetune-report"
+CODE_ROOT = Path(__file__).resolve().parents[1]
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EIO,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+    }
+)
+
+
+class ProjectError(UserError):
+    """The flow cannot run this project as asked (wrong params file, bad target, no remote...)."""
+
+
+# --- retries: only what can succeed on a second try -------------------------------------------
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """A failure worth retrying: I/O hiccups, remotes, a DVC lock held by another process.
+
+    Bad data and bad params (``UserError``) fail the same way every time, and so do bugs.
+    """
+    if exc is None or isinstance(exc, UserError):
+        return False
+    if isinstance(exc, LockError | DownloadError | UploadError | ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+
+
+def retry_if_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect's ``retry_condition_fn``: retry a failed task only when its exception is transient."""
+    exc = state.data
+    if not isinstance(exc, BaseException):
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # the result could not be read: do not retry blindly
+            return False
+    return is_transient(exc if isinstance(exc, BaseException) else None)
+
+
+RETRYING = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_if_transient,
+    # DVC decides whether a stage is up to date (deps, params, outs hashed as dvc.lock records them).
+    "cache_policy": NO_CACHE,
+}
+
+
+# --- params: the file DVC reads, plus overrides written into it ---------------------------------
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``train.epochs=3`` -> ``("train.epochs", 3)``; the value is YAML, as in ``dvc exp run -S``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ProjectError(f"override '{text}' is not KEY=VALUE; write it like train.epochs=3.")
+    return key.strip(), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with each dotted key set (intermediate sections created as needed)."""
+    merged = json.loads(json.dumps(raw, default=str))
+    for dotted, value in overrides.items():
+        _set(merged, dotted, value)
+    return merged
+
+
+def _set(node: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def validate_params(root: Path, params_file: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Check params.yaml + overrides with the stages' own models; return the overrides that change it.
+
+    Only params.yaml is accepted: dvc.yaml templates from it and dvc.lock records it, so any
+    other file would leave dvc.lock describing values the stages did not use.
+    """
+    path = root / PARAMS_FILE
+    requested = Path(params_file)
+    requested = requested if requested.is_absolute() else root / requested
+    if requested.resolve() != path.resolve():
+        raise ProjectError(
+            f"{params_file}: dvc.yaml reads {PARAMS_FILE}, so the flow runs that file only; "
+            f"copy your values into {PARAMS_FILE} or pass them as overrides."
+        )
+    load_params(path)  # a bad file is a one-sentence ParamsError naming the key
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    merged = apply_overrides(raw, overrides or {})
+    parse_params(merged, source=f"{PARAMS_FILE} with overrides {overrides}")
+    return {key: _get(merged, key) for key in overrides or {} if _get(raw, key) != _get(merged, key)}
+
+
+def prepare_params(root: Path, params_file: str, overrides: dict[str, Any] | None) -> list[str]:
+    """Validate, then write the overrides into params.yaml (comments kept), like ``dvc exp run -S``.
+
+    Nothing is written when validation fails, so a bad override never leaves a half-edited file.
+    Returns the keys whose values changed.
+    """
+    changed = validate_params(root, params_file, overrides)
+    if changed:
+        from dvc.utils.serialize import modify_yaml  # DVC's own round-trip writer
+
+        with modify_yaml(root / PARAMS_FILE) as data:
+            for key, value in changed.items():
+                _set(data, key, value)
+    return list(changed)
+
+
+def _get(raw: dict[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+# --- the project: the same code DVC hashes, the stages DVC would run -----------------------------
+
+
+def check_same_code(root: Path) -> None:
+    """Refuse when the imported ``stages`` code differs from ``<root>/stages``, which dvc.lock hashes."""
+    imported = Path(stages.__file__).resolve().parent
+    recorded = (root / "stages").resolve()
+    if imported == recorded or _tree_digest(imported) == _tree_digest(recorded):
+        return
+    raise ProjectError(
+        f"{recorded} differs from the stage code this flow imports ({imported}); "
+        "run the flow from the project's own checkout."
+    )
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def plan_stages(root: Path, target: str | None) -> list[str]:
+    """The stages ``dvc repro [target]`` would visit, in DVC's own order (upstream first)."""
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+    from dvc.stage.exceptions import StageNotFound
+
+    with Repo(str(root)) as repo:
+        try:
+            chosen = collect_stages(repo, [target or PROJECT_FILE])
+            return [s.addressing for s in plan_repro(get_active_graph(repo.index.graph), chosen)]
+        except StageNotFound:
+            names = ", ".join(s.addressing for s in repo.index.stages)
+            raise ProjectError(
+                f"target '{target}' is not a stage in {PROJECT_FILE}; use one of {names}."
+            ) from None
+        except DvcException as exc:  # e.g. dvc.yaml templating a key params.yaml lacks
+            raise ProjectError(str(exc)) from None
+
+
+@contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Stages resolve ``paths.*`` against the current directory, as under ``dvc repro``."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextmanager
+def stage_logs_to_prefect() -> Iterator[None]:
+    """Give the ``stages`` loggers Prefect's API handler for the run, so their lines show in the UI.
+
+    Same as ``PREFECT_LOGGING_EXTRA_LOGGERS=stages``, which only works if set before Prefect is
+    imported; this also works when something imported Prefect first, and is undone afterwards
+    so stage code run outside a flow does not try to reach the API.
+    """
+    stage_logger = logging.getLogger("stages")
+    level = stage_logger.level
+    added = [h for h in logging.getLogger("prefect.extra").handlers if h not in stage_logger.handlers]
+    stage_logger.setLevel(logging.INFO)
+    for handler in added:
+        stage_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in added:
+            stage_logger.removeHandler(handler)
+        stage_logger.setLevel(level)
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+
+@task(name="stage", task_run_name="{stage}", **RETRYING)
+def run_stage(stage: str, project: str) -> Any:
+    """Run one dvc.yaml stage unless DVC says it is up to date, then record it in dvc.lock."""
+    logger = get_run_logger()
+    root = Path(project)
+    with Repo(str(root)) as repo:
+        dvc_stage = repo.stage.collect(stage)[0]
+        match = STAGE_COMMAND.fullmatch(dvc_stage.cmd or "")
+        if match is None:  # a data source or a command of the user's own: DVC runs it
+            done = repo.reproduce(stage, single_item=True)
+            return "ran" if done else Completed(name="Cached", message="up to date", data="cached")
+        with lock_repo(repo):
+            changes = repo.status(targets=[stage])
+            if not changes:
+                logger.info("%s is up to date in dvc.lock; skipped", stage)
+                return Completed(name="Cached", message="up to date in dvc.lock", data="cached")
+            logger.info("%s runs: %s", stage, json.dumps(changes[stage], default=str))
+            dvc_stage.remove_outs(ignore_remove=False, force=False)  # as `dvc repro` does
+            restored = _restore_from_run_cache(repo, dvc_stage)
+        if restored:
+            logger.info("%s: outputs restored from DVC's run cache (same deps and params ran before)", stage)
+        else:
+            started = time.perf_counter()
+            summary = importlib.import_module(match.group(1)).run(load_params(root / PARAMS_FILE))
+            logger.info("%s done in %.1f s: %s", stage, time.perf_counter() - started, summary)
+        with repo.scm_context(quiet=True):
+            repo.commit(stage, force=True)
+    return "restored" if restored else "ran"
+
+
+def _restore_from_run_cache(repo: Repo, dvc_stage: Any) -> bool:
+    try:
+        repo.stage_cache.restore(dvc_stage)
+    except RunCacheNotFoundError:
+        return False
+    return True
+
+
+@task(name="dvc-pull", **RETRYING | {"retries": 3})
+def pull_data(project: str) -> int:
+    """Fetch data and recorded outputs from the DVC remote, so unchanged stages are skipped."""
+    from dvc.config import NoRemoteError
+
+    with Repo(project) as repo:
+        try:
+            stats = repo.pull(allow_missing=True, run_cache=True)
+        except NoRemoteError:
+            raise ProjectError(
+                "pull needs a DVC remote; add one with `dvc remote add -d NAME URL`."
+            ) from None
+    count = stats.get("fetched", 0) if isinstance(stats, dict) else 0
+    get_run_logger().info("dvc pull: %s files fetched", count)
+    return count
+
+
+@task(name="dvc-push", **RETRYING | {"retries": 3})
+def push_outputs(project: str) -> int:
+    """Upload the outputs (and DVC's run cache) to the remote, so other machines can pull them."""
+    from dvc.config import NoRemoteError
+
+    with Repo(project) as repo:
+        try:
+            count = repo.push(run_cache=True)
+        except NoRemoteError:
+            raise ProjectError(
+                "push needs a DVC remote; add one with `dvc remote add -d NAME URL`."
+            ) from None
+    get_run_logger().info("dvc push: %s files uploaded", count)
+    return count
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(project: str, visited: list[str]) -> list[str]:
+    """Headline metrics as a table artifact and the report summary as Markdown, with file links."""
+    root = Path(project)
+    layout = Layout(load_params(root / PARAMS_FILE).paths)
+    published = []
+    metrics_file = root / layout.metrics
+    if "evaluate" in visited and metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        create_table_artifact(
+            key=METRICS_ARTIFACT,
+            table=metrics_table(metrics),
+            description=f"Headline metrics on the {metrics.get('split', '?')} split "
+            f"({metrics.get('images', '?')} images), from `{layout.metrics}`.",
+        )
+        published.append(METRICS_ARTIFACT)
+    report_file = root / layout.report
+    if "report" in visited and report_file.is_file():
+        create_markdown_artifact(
+            key=REPORT_ARTIFACT,
+            markdown=report_summary(report_file.read_text(encoding="utf-8"), root, layout),
+            description=f"Summary of `{layout.report}`",
+        )
+        published.append(REPORT_ARTIFACT)
+    return published
+
+
+def metrics_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per numeric metric with its bootstrap interval when there is one."""
+    rows = []
+    for name, value in metrics.items():
+        if name.endswith(("_ci_low", "_ci_high")) or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            rows.append(
+                {
+                    "metric": name,
+                    "value": value,
+                    "ci_low": metrics.get(f"{name}_ci_low"),
+                    "ci_high": metrics.get(f"{name}_ci_high"),
+                }
+            )
+    return rows
+
+
+def report_summary(report: str, root: Path, layout: Layout, sections: int = 2) -> str:
+    """The report's title, intro and first sections (images dropped), then where the files are."""
+    lines: list[str] = []
+    seen = 0
+    for line in report.splitlines():
+        if line.startswith("## "):
+            seen += 1
+            if seen > sections:
+                break
+        if not line.startswith("!["):
+            lines.append(line)
+    host = socket.gethostname()
+    files = [
+        ("full report", layout.report),
+        ("metrics", layout.metrics),
+        ("model", layout.classifier),
+        ("figures", layout.figures_dir),
+        ("training curves (DVCLive)", layout.train_log_dir),
+    ]
+    lines += ["", f"## Files (on `{host}`)", ""]
+    for label, relative in files:
+        absolute = (root / relative).resolve()
+        lines.append(f"- {label}: [{relative.as_posix()}]({absolute.as_uri()}) (`{absolute}`)")
+    return "\n".join(lines) + "\n"
+
+
+# --- the flow ------------------------------------------------------------------------------------
+
+
+@flow(name="cv-finetune", log_prints=True)
+def training_pipeline(
+    params_file: str = PARAMS_FILE,
+    overrides: dict[str, Any] | None = None,
+    target: str | None = None,
+    pull: bool = False,
+    push: bool = False,
+    project_dir: str | None = None,
+) -> State:
+    """Run the DVC stages up to ``target`` (all by default); ``dvc status`` is clean afterwards.
+
+    ``overrides`` (``{"train.epochs": 3}``) are validated with the params models and written into
+    params.yaml, like ``dvc exp run --set-param``, so dvc.lock records what actually ran.
+    ``pull``/``push`` fetch from and upload to the DVC remote (for workers on other machines).
+    """
+    logger = get_run_logger()
+    root = Path(project_dir).resolve() if project_dir else CODE_ROOT
+    outcomes: dict[str, str] = {}
+    with working_directory(root), stage_logs_to_prefect():
+        try:
+            check_same_code(root)
+            changed = prepare_params(root, params_file, overrides)
+            if changed:
+                logger.info("overrides written into %s: %s", PARAMS_FILE, ", ".join(changed))
+            if pull:
+                pull_data(str(root))
+            plan = plan_stages(root, target)
+        except (UserError, DvcException) as exc:
+            return Failed(message=str(exc))
+        logger.info("stages: %s", " -> ".join(plan))
+        for stage in plan:
+            try:
+                outcome = run_stage(stage, str(root))
+            except (UserError, DvcException) as exc:  # DVC errors are one line too; the task log has more
+                return Failed(message=f"{stage}: {exc}")
+            outcomes[stage] = outcome.result() if isinstance(outcome, State) else outcome  # Cached
+        publish_artifacts(str(root), list(outcomes))
+        if push:
+            try:
+                push_outputs(str(root))
+            except (UserError, DvcException) as exc:
+                return Failed(message=f"dvc push: {exc}")
+    counts = {kind: list(outcomes.values()).count(kind) for kind in ("ran", "restored", "cached")}
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    logger.info("done: %s", summary)
+    return Completed(message=f"{len(outcomes)} stages: {summary}", data=outcomes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.flow``: one run now (on PREFECT_API_URL, else a temporary local server)."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.flow", description=main.__doc__)
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (only params.yaml: DVC reads it)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--target", help="last stage to run, like `dvc repro TARGET` (default: all)")
+    parser.add_argument("--pull", action="store_true", help="dvc pull before running")
+    parser.add_argument("--push", action="store_true", help="dvc push after running")
+    args = parser.parse_args(argv)
+    try:
+        overrides = dict(parse_override(text) for text in args.overrides)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    state = training_pipeline(
+        params_file=args.params,
+        overrides=overrides or None,
+        target=args.target,
+        pull=args.pull,
+        push=args.push,
+        return_state=True,
+    )
+    if not state.is_completed():
+        print(f"error: {state.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
