@@ -100,29 +100,26 @@ class Preprocessing:
         )
 
 
+TORCHVISION_PREFIX = "torchvision/"
+
+
 @dataclass(frozen=True)
 class Backbone:
-    model: nn.Module  # a timm model with a classifier of the requested size
+    model: nn.Module  # a timm or torchvision classifier with a head of the requested size
     preprocessing: Preprocessing
     weights_id: str  # identifies the weights for cache keys (a file hash or a spec)
 
 
 def create_classifier(name: str, weights: str, num_classes: int, image_size: int | None = None) -> Backbone:
-    """Build ``name`` with ``num_classes`` outputs and load the requested weights."""
-    try:
-        model = timm.create_model(name, pretrained=weights == "hub", num_classes=num_classes)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise UserError(
-                f"train.backbone '{name}' is not a timm model; list names with timm.list_models()."
-            ) from None
-        raise
-    except OSError as exc:  # hub download while offline
-        raise UserError(
-            f"train.weights 'hub' could not download '{name}' ({exc}); use train.weights: offline "
-            "or a local checkpoint path, or go online with HF_HUB_OFFLINE=0."
-        ) from None
-    config = resolve_data_config({}, model=model)
+    """Build ``name`` with ``num_classes`` outputs and load the requested weights.
+
+    ``name`` is a timm model name, or ``torchvision/<name>`` for a torchvision model.
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        model, config = _torchvision_model(name.removeprefix(TORCHVISION_PREFIX), weights, num_classes)
+    else:
+        model, config = _timm_model(name, weights, num_classes)
+    _init_head(head_module(model))
     mean, std = tuple(config["mean"]), tuple(config["std"])
     size = config["input_size"][-1]
     if weights == "offline":
@@ -138,7 +135,7 @@ def create_classifier(name: str, weights: str, num_classes: int, image_size: int
         weights_id = f"{name}:{_file_digest(file)}"
         mean, std, size = checkpoint.mean, checkpoint.std, checkpoint.input_size
     elif weights == "hub":
-        weights_id = f"{name}:hub:{model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url')}"
+        weights_id = f"{name}:hub"
     elif weights == "none":
         weights_id = f"{name}:random"
     else:
@@ -158,6 +155,117 @@ def create_classifier(name: str, weights: str, num_classes: int, image_size: int
         crop_pct=config.get("crop_pct", 0.875),
     )
     return Backbone(model=model, preprocessing=preprocessing, weights_id=weights_id)
+
+
+def _init_head(head: nn.Linear) -> None:
+    """A fresh head predicts near-uniform probabilities (timm's EfficientNet init scales
+    the classifier by 1/sqrt(num_classes), which starts a 2-class head at a loss near 9)."""
+    if not isinstance(head, nn.Linear):  # num_classes=0: a feature extractor, no head
+        return
+    with torch.no_grad():
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+
+
+def _timm_model(name: str, weights: str, num_classes: int) -> tuple[nn.Module, dict]:
+    try:
+        model = timm.create_model(name, pretrained=weights == "hub", num_classes=num_classes)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise UserError(
+                f"train.backbone '{name}' is not a timm model; list names with timm.list_models()."
+            ) from None
+        raise
+    except OSError as exc:  # hub download while offline
+        raise UserError(
+            f"train.weights 'hub' could not download '{name}' ({exc}); use train.weights: offline "
+            "or a local checkpoint path, or go online with HF_HUB_OFFLINE=0."
+        ) from None
+    return model, resolve_data_config({}, model=model)
+
+
+def _torchvision_model(name: str, weights: str, num_classes: int) -> tuple[nn.Module, dict]:
+    """A torchvision classifier with its last Linear replaced by a fresh ``num_classes`` head."""
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise UserError(
+            f"train.backbone 'torchvision/{name}' is not a torchvision classification model; "
+            "list names with torchvision.models.list_models()."
+        )
+    try:
+        model = torchvision.models.get_model(name, weights="DEFAULT" if weights == "hub" else None)
+    except OSError as exc:
+        raise UserError(
+            f"train.weights 'hub' could not download torchvision '{name}' ({exc}); use a local "
+            "checkpoint path instead."
+        ) from None
+    parent, attribute, old = _last_linear(model)
+    setattr(parent, attribute, nn.Linear(old.in_features, num_classes))
+    config = {
+        "input_size": (3, 224, 224),
+        "interpolation": "bilinear",
+        "crop_pct": 0.875,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+    }
+    return model, config
+
+
+def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent module, attribute name, module) of the last ``nn.Linear``: a torchvision head."""
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = name, module
+    if found is None:
+        raise UserError(f"{type(model).__name__} has no Linear classifier head to replace.")
+    name, module = found
+    parent_name, _, attribute = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return parent, attribute, module
+
+
+def head_module(model: nn.Module) -> nn.Linear:
+    """The classifier head (timm's ``get_classifier`` or torchvision's last Linear)."""
+    if hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    return _last_linear(model)[2]
+
+
+def head_parameter_names(model: nn.Module) -> set[str]:
+    head = head_module(model)
+    ids = {id(p) for p in head.parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The vector the head sees (after pooling, before the classifier)."""
+    if hasattr(model, "forward_head"):
+        return model.forward_head(model.forward_features(images), pre_logits=True)
+    captured: list[torch.Tensor] = []
+    hook = head_module(model).register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        model(images)
+    finally:
+        hook.remove()
+    return captured[0]
+
+
+def layer_ids(model: nn.Module, coarse: bool, modules: bool = False) -> dict[str, int]:
+    """Parameter (or module) name -> layer index, bottom (stem) = 0, head = last.
+
+    timm models group themselves (``group_matcher``); torchvision models fall back to
+    their top-level children in definition order.
+    """
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_modules, group_parameters
+
+        group = group_modules if modules else group_parameters
+        return group(model, model.group_matcher(coarse=coarse), reverse=True)
+    order = {name: i for i, (name, _) in enumerate(model.named_children())}
+    named = model.named_modules() if modules else model.named_parameters()
+    return {name: order[name.split(".")[0]] for name, _ in named if name}
 
 
 def load_mapped_state_dict(model: nn.Module, file: Path) -> None:

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from stages.augment import augment_image
-from stages.backbones import Backbone
+from stages.augment import VIEW_SEEDING_VERSION, augment_image
+from stages.backbones import Backbone, pooled_features
 from stages.imaging import load_rgb
 
 
@@ -41,7 +41,9 @@ def model_key(backbone: Backbone, name: str) -> str:
 def policy_key(policy: A.Compose | None) -> str:
     if policy is None:
         return "none"
-    text = json.dumps(A.to_dict(policy), sort_keys=True, default=str)
+    # The seeding scheme is part of the key: the same policy seeded differently gives other views.
+    spec = {"policy": A.to_dict(policy), "seeding": VIEW_SEEDING_VERSION}
+    text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -54,7 +56,9 @@ class FeatureCache:
     def __init__(
         self, root: Path, backbone: Backbone, backbone_name: str, policy: A.Compose | None, seed: int
     ) -> None:
-        self.dir = root / model_key(backbone, backbone_name)
+        # Randomly initialised weights differ per seed, so the seed joins their cache key.
+        seed_part = f"-seed{seed}" if backbone.weights_id.endswith(":random") else ""
+        self.dir = root / (model_key(backbone, backbone_name) + seed_part)
         self.backbone = backbone
         self.policy = policy
         self.policy_id = policy_key(policy)
@@ -86,7 +90,7 @@ class FeatureCache:
         for start in tqdm(range(0, len(requests), batch_size), desc=desc, unit="batch", leave=False):
             chunk = requests[start : start + batch_size]
             batch = torch.stack([transform(self._view(r)) for r in chunk]).to(device)
-            pooled = model.forward_head(model.forward_features(batch), pre_logits=True)
+            pooled = pooled_features(model, batch)
             for request, vector in zip(chunk, pooled.float().cpu().numpy(), strict=True):
                 target = self.path(request)
                 target.parent.mkdir(parents=True, exist_ok=True)
