@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -32,6 +31,10 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.common import write_section  # noqa: E402
+
 SECTION = "Prefect flow overhead"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "b",
@@ -152,18 +155,6 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this script's ``## SECTION`` in docs/benchmarks.md."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    section = f"## {SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -238,7 +229,7 @@ def main() -> None:
         ]
     )
     print(body)
-    write_section(args.docs, body)
+    write_section(SECTION, body, args.docs)
 
 
 if __name__ == "__main__":

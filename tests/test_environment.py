@@ -41,6 +41,12 @@ def _clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _python(code: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_whole_stack_imports_together_after_the_offline_setup(tmp_path: Path) -> None:
     code = (
         "import os, stages\n"
@@ -49,14 +55,7 @@ def test_whole_stack_imports_together_after_the_offline_setup(tmp_path: Path) ->
         "assert tuple(int(x) for x in fastapi.__version__.split('.')[:2]) < (0, 155)\n"
         "print(os.environ['YOLO_CONFIG_DIR'])\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env=_clean_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _python(code, _clean_env(tmp_path), timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     config_dir = Path(result.stdout.strip().splitlines()[-1])
     assert (config_dir / "Ultralytics" / "Arial.ttf").stat().st_size > 10_000
@@ -68,14 +67,7 @@ def test_every_entry_package_applies_the_offline_environment(tmp_path: Path) -> 
             f"import json, os, {package}; "
             f"print(json.dumps({{k: os.environ.get(k) for k in {sorted(OFFLINE_ENV)!r}}}))"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=REPO_ROOT,
-            env=_clean_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = _python(code, _clean_env(tmp_path))
         assert result.returncode == 0, result.stderr
         seen = json.loads(result.stdout)
         assert seen == OFFLINE_ENV, package
@@ -84,7 +76,4 @@ def test_every_entry_package_applies_the_offline_environment(tmp_path: Path) -> 
 def test_user_can_override_an_offline_variable(tmp_path: Path) -> None:
     env = _clean_env(tmp_path) | {"HF_HUB_OFFLINE": "0"}
     code = "import os, stages; print(os.environ['HF_HUB_OFFLINE'])"
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.stdout.strip() == "0"
+    assert _python(code, env).stdout.strip() == "0"
