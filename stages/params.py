@@ -7,7 +7,7 @@ allowed, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -86,19 +86,9 @@ CheckName = Literal[
     "min_images_per_class",
     "class_balance",
 ]
-BLOCKING_CHECKS: tuple[CheckName, ...] = (
-    "image_ids_unique",
-    "paths_unique",
-    "sizes_positive",
-    "labels_in_classes",
-    "splits_known",
-    "enough_classes",
-    "boxes_reference_images",
-    "box_classes_in_classes",
-    "boxes_have_area",
-    "boxes_inside_images",
-)
 WARNING_CHECKS: tuple[CheckName, ...] = ("min_images_per_class", "class_balance")
+# Every other check blocks by default.
+BLOCKING_CHECKS: tuple[CheckName, ...] = tuple(c for c in get_args(CheckName) if c not in WARNING_CHECKS)
 
 
 class ValidateSection(Section):
