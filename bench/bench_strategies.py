@@ -89,7 +89,8 @@ def main() -> None:
         f"`bench/bench_strategies.py --backbone {args.backbone}`: hymenoptera, its `val/` folder "
         "(153 images) held out as the test set, the whole pipeline in-process from a cold cache "
         "(ingest, validate, split, augment, train, evaluate), CPU (2 cores, shared machine), one run "
-        "each, seed 42. Accuracy with its 95% bootstrap interval; trainable parameters at the best epoch (gradual unfreezes as it goes); end-to-end strategies get 3 epochs at 224 px.\n\n"
+        "each, seed 42. Accuracy with its 95% bootstrap interval; trainable parameters at the best "
+        "epoch (gradual unfreezes as it goes); end-to-end strategies get 3 epochs at 224 px.\n\n"
         + markdown_table(
             [
                 "strategy",
