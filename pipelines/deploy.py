@@ -17,8 +17,8 @@ from prefect.settings import PREFECT_API_URL
 
 from pipelines.flow import (
     CODE_ROOT,
-    PARAMS_FILE,
     ProjectError,
+    add_run_arguments,
     check_same_code,
     parse_override,
     plan_stages,
@@ -72,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="nightly", help="deployment name (default: nightly)")
     parser.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule (default: '{DEFAULT_CRON}')")
     parser.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule (default: UTC)")
-    parser.add_argument("--params", default=PARAMS_FILE, help="params file (only params.yaml: DVC reads it)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--target", help="last stage to run, like `dvc repro TARGET` (default: all)")
-    parser.add_argument("--pull", action="store_true", help="dvc pull before each run")
-    parser.add_argument("--push", action="store_true", help="dvc push after each run")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     if not PREFECT_API_URL.value():
         print(

@@ -455,14 +455,19 @@ def training_pipeline(
     return Completed(message=f"{len(outcomes)} stages: {summary}", data=outcomes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.flow``: one run now (on PREFECT_API_URL, else a temporary local server)."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.flow", description=main.__doc__)
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flow's parameters on a command line (shared by ``pipelines.flow`` and ``pipelines.deploy``)."""
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (only params.yaml: DVC reads it)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--target", help="last stage to run, like `dvc repro TARGET` (default: all)")
-    parser.add_argument("--pull", action="store_true", help="dvc pull before running")
-    parser.add_argument("--push", action="store_true", help="dvc push after running")
+    parser.add_argument("--pull", action="store_true", help="dvc pull before each run")
+    parser.add_argument("--push", action="store_true", help="dvc push after each run")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.flow``: one run now (on PREFECT_API_URL, else a temporary local server)."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.flow", description=main.__doc__)
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     try:
         overrides = dict(parse_override(text) for text in args.overrides)

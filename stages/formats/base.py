@@ -87,6 +87,20 @@ def is_split_folder(path: Path) -> bool:
     return path.is_dir() and split_of(path.name) is not None
 
 
+def named_annotation_file(root: Path, annotations: Path, what: str) -> Path:
+    """The file ``data.annotations`` names, or a one-sentence error saying it is not usable."""
+    from stages.errors import DataError
+
+    file, problem = locate(root, [root], annotations.as_posix())
+    if file is None:
+        where = "outside the source folder" if problem == "outside_source" else "not found"
+        raise DataError(
+            f"{root}: data.annotations = {annotations} is {where}; name {what} inside "
+            "the source folder, relative to it."
+        )
+    return file
+
+
 def locate(root: Path, bases: list[Path], name: str) -> tuple[Path | None, str | None]:
     """Find the file an annotation names under the first base folder that has it.
 

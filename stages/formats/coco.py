@@ -28,6 +28,7 @@ from stages.formats.base import (
     SourceScan,
     inside_root,
     locate,
+    named_annotation_file,
     orphaned_boxes,
     rel,
     split_of,
@@ -107,13 +108,7 @@ def looks_like_coco(path: Path, chunk_size: int = 1 << 22) -> bool:
 def find_files(root: Path, data: DataSection | None = None) -> list[tuple[Path, str | None]]:
     """The COCO files of a source and the split each one declares (empty when there are none)."""
     if data is not None and data.annotations is not None:
-        file, problem = locate(root, [root], data.annotations.as_posix())
-        if file is None:
-            where = "outside the source folder" if problem == "outside_source" else "not found"
-            raise DataError(
-                f"{root}: data.annotations = {data.annotations} is {where}; name a JSON file inside "
-                "the source folder, relative to it."
-            )
+        file = named_annotation_file(root, data.annotations, "a JSON file")
         return [(file, split_of(_suffix(file)))]
     roboflow = [
         (d / "_annotations.coco.json", split_of(d.name))

@@ -22,7 +22,7 @@ from stages.formats.base import (
     SourceScan,
     inside_root,
     is_split_folder,
-    locate,
+    named_annotation_file,
     rel,
     split_of,
 )
@@ -53,14 +53,7 @@ def image_label_dirs(root: Path) -> list[tuple[Path, Path, str | None]]:
 def find_yaml(root: Path, data: DataSection | None = None) -> Path | None:
     """The dataset YAML that names the classes, if the source has one."""
     if data is not None and data.annotations is not None:
-        file, problem = locate(root, [root], data.annotations.as_posix())
-        if file is None:
-            where = "outside the source folder" if problem == "outside_source" else "not found"
-            raise DataError(
-                f"{root}: data.annotations = {data.annotations} is {where}; name the dataset YAML inside "
-                "the source folder, relative to it."
-            )
-        return file
+        return named_annotation_file(root, data.annotations, "the dataset YAML")
     for name in YAML_NAMES:
         if (root / name).is_file():
             return root / name
