@@ -27,7 +27,7 @@ from stages.cli import exit_with
 from stages.errors import UserError
 from stages.imaging import load_rgb
 from stages.layout import Layout
-from stages.manifest import read_parquet, write_json, write_parquet
+from stages.manifest import read_parquet, split_hash, write_json, write_parquet
 from stages.params import EvaluateSection, Params
 from stages.train import load_checkpoint, resolve_device
 
@@ -86,6 +86,7 @@ def run(params: Params) -> EvaluateResult:
     )
     metrics["split"] = params.evaluate.split
     metrics["images"] = len(rows)
+    metrics["split_hash"] = split_hash(rows)
 
     write_json(metrics, layout.metrics)
     write_parquet(predictions, layout.predictions)

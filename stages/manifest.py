@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,6 +80,26 @@ def boxes_frame(rows: list[dict]) -> pd.DataFrame:
     )
     order = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
     return frame.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def split_hash(images: pd.DataFrame, boxes: pd.DataFrame | None = None) -> str:
+    """Fingerprint of an evaluation set: image contents and labels (and boxes, for detection).
+
+    Recorded with the metrics so a comparison between two runs (the metric gate) can tell that
+    they were scored on the same images with the same answers; paths and order do not matter.
+    """
+    digest = hashlib.sha256()
+    for sha, label in sorted(zip(images["sha256"].astype(str), images["label"].astype(str), strict=True)):
+        digest.update(f"{sha}\t{label}\n".encode())
+    if boxes is not None and len(boxes):
+        sha_of = dict(zip(images["image_id"].astype(str), images["sha256"].astype(str), strict=True))
+        rows = sorted(
+            f"{sha_of.get(str(r.image_id), r.image_id)}\t{r.class_name}\t"
+            f"{r.x_min:.2f}\t{r.y_min:.2f}\t{r.x_max:.2f}\t{r.y_max:.2f}"
+            for r in boxes.itertuples()
+        )
+        digest.update("\n".join(rows).encode())
+    return digest.hexdigest()[:16]
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
