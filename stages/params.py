@@ -249,7 +249,7 @@ class AugmentSection(Section):
 
 class TrainSection(Section):
     backbone: str = Field(
-        "efficientnet_lite0", description="timm model name, or torchvision/<name> for torchvision."
+        "efficientnet_lite2", description="timm model name, or torchvision/<name> for torchvision."
     )
     weights: str = Field(
         "offline",
