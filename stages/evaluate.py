@@ -1,28 +1,31 @@
 """Stage ``evaluate``: predict the held-out split and write metrics with bootstrap intervals.
 
-Metrics come from scikit-learn; per-image predictions are saved so any metric can be
-recomputed without the model.
+Metrics come from scikit-learn and torchmetrics (``stages/classify_metrics.py``, with a
+vectorised seeded bootstrap for the intervals); per-image predictions (scores and loss) are
+saved so any metric can be recomputed without the model.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_score,
-    recall_score,
-)
+from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
 
+from stages.classify_metrics import (
+    Options,
+    compute_metrics,
+    curves,
+    image_losses,
+    normalise,
+    reliability,
+    summarise,
+)
 from stages.cli import exit_with
 from stages.errors import UserError
 from stages.imaging import load_rgb
@@ -31,22 +34,10 @@ from stages.manifest import read_parquet, split_hash, write_json, write_parquet
 from stages.params import EvaluateSection, Params
 from stages.train import load_checkpoint, resolve_device
 
+__all__ = ["EvaluateResult", "Options", "compute_metrics", "run", "split_rows", "write_outputs"]
+
 log = logging.getLogger("stages.evaluate")
 STAGE = "evaluate"
-
-Metric = Callable[[np.ndarray, np.ndarray], float]
-
-
-def headline_metrics(num_classes: int) -> dict[str, Metric]:
-    labels = list(range(num_classes))
-    return {
-        "accuracy": accuracy_score,
-        "precision_macro": lambda t, p: precision_score(
-            t, p, labels=labels, average="macro", zero_division=0
-        ),
-        "recall_macro": lambda t, p: recall_score(t, p, labels=labels, average="macro", zero_division=0),
-        "f1_macro": lambda t, p: f1_score(t, p, labels=labels, average="macro", zero_division=0),
-    }
 
 
 @dataclass(frozen=True)
@@ -56,42 +47,76 @@ class EvaluateResult:
 
     def __str__(self) -> str:
         m = self.metrics
-        return (
-            f"{m['split']} accuracy {m['accuracy']:.3f} "
-            f"[{m.get('accuracy_ci_low', float('nan')):.3f}, "
-            f"{m.get('accuracy_ci_high', float('nan')):.3f}] on {m['images']} images"
-        )
+        low, high = m.get("accuracy_ci_low"), m.get("accuracy_ci_high")
+        interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        return f"{m['split']} accuracy {m['accuracy']:.3f}{interval} on {m['images']} images"
+
+
+def options(params: Params) -> Options:
+    section: EvaluateSection = params.evaluate
+    return Options(
+        top_k=section.top_k,
+        bins=section.calibration_bins,
+        resamples=section.bootstrap,
+        confidence=section.confidence,
+        seed=params.base.seed,
+    )
 
 
 def run(params: Params) -> EvaluateResult:
     """Score the model on ``evaluate.split``; write metrics, predictions and plot data."""
+    if params.data.task == "detect":  # mAP and friends: stages/detect_evaluate.py
+        from stages.detect_evaluate import run as run_detect
+
+        return run_detect(params)
     layout = Layout(params.paths)
     model, meta = load_checkpoint(layout.classifier)
     classes: list[str] = meta["classes"]
-    frame = read_parquet(layout.manifest).merge(
-        read_parquet(layout.splits), on="image_id", suffixes=("_source", "")
-    )
-    rows = frame[frame["split"] == params.evaluate.split].sort_values("image_id")
-    if rows.empty:
-        raise UserError(f"the {params.evaluate.split} split is empty; set split.fractions so it gets images.")
+    rows = split_rows(layout, params.evaluate.split)
     device = resolve_device(params.train.device)
     probabilities = predict(
         model, [params.data.source / p for p in rows["path"]], device, params.train.feature_batch_size
     )
     index = {name: i for i, name in enumerate(classes)}
     y_true = rows["label"].map(index).to_numpy(dtype=np.int64)
-    predictions = predictions_frame(rows, probabilities, classes)
-    metrics = compute_metrics(
-        y_true, probabilities.argmax(1), len(classes), params.evaluate, params.base.seed
+    return write_outputs(layout, rows, y_true, probabilities, classes, params)
+
+
+def split_rows(layout: Layout, split: str) -> pd.DataFrame:
+    """The validated manifest's rows of one split, sorted by image id."""
+    frame = read_parquet(layout.manifest).merge(
+        read_parquet(layout.splits), on="image_id", suffixes=("_source", "")
     )
+    rows = frame[frame["split"] == split].sort_values("image_id")
+    if rows.empty:
+        raise UserError(f"the {split} split is empty; set split.fractions so it gets images.")
+    return rows
+
+
+def write_outputs(
+    layout: Layout,
+    rows: pd.DataFrame,
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    classes: list[str],
+    params: Params,
+) -> EvaluateResult:
+    """Everything evaluate writes, from labels and probabilities alone (no model needed)."""
+    opts = options(params)
+    headline, per_class = summarise(y_true, probabilities, classes, opts)
+    metrics = {"task": "classify", **headline}
     metrics["split"] = params.evaluate.split
     metrics["images"] = len(rows)
     metrics["split_hash"] = split_hash(rows)
+    predictions = predictions_frame(rows, y_true, probabilities, classes)
 
     write_json(metrics, layout.metrics)
     write_parquet(predictions, layout.predictions)
     write_confusion(predictions, layout.plots_dir / "confusion.json")
-    write_json(per_class_table(y_true, probabilities.argmax(1), classes), layout.plots_dir / "per_class.json")
+    write_json(per_class, layout.plots_dir / "per_class.json")
+    for name, points in curves(y_true, probabilities, classes).items():
+        write_json(points, layout.plots_dir / f"{name}.json")
+    write_json(reliability(y_true, probabilities, opts.bins), layout.plots_dir / "calibration.json")
     return EvaluateResult(metrics, predictions)
 
 
@@ -109,75 +134,25 @@ def predict(model, files: list[Path], device: torch.device, batch_size: int) -> 
     return np.concatenate(outputs)
 
 
-def predictions_frame(rows: pd.DataFrame, probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    predicted = probabilities.argmax(1)
+def predictions_frame(
+    rows: pd.DataFrame, y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]
+) -> pd.DataFrame:
+    """One row per image: label, prediction, its confidence, the image's loss and every score."""
+    p = normalise(probabilities)
+    predicted = p.argmax(1)
     frame = pd.DataFrame(
         {
             "image_id": rows["image_id"].to_numpy(),
             "path": rows["path"].to_numpy(),
             "label": rows["label"].to_numpy(),
             "prediction": [classes[i] for i in predicted],
-            "confidence": probabilities.max(1),
+            "confidence": p.max(1),
+            "loss": image_losses(y_true, p),
         }
     )
     for i, name in enumerate(classes):
-        frame[f"score_{name}"] = probabilities[:, i]
+        frame[f"score_{name}"] = p[:, i]
     return frame
-
-
-def compute_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, params: EvaluateSection, seed: int
-) -> dict:
-    """Point values plus percentile-bootstrap intervals over images (seeded)."""
-    metrics: dict[str, float | int | str] = {}
-    functions = headline_metrics(num_classes)
-    for name, fn in functions.items():
-        metrics[name] = round(float(fn(y_true, y_pred)), 6)
-    if params.bootstrap:
-        intervals = bootstrap_intervals(y_true, y_pred, functions, params.bootstrap, params.confidence, seed)
-        for name, (low, high) in intervals.items():
-            metrics[f"{name}_ci_low"] = round(low, 6)
-            metrics[f"{name}_ci_high"] = round(high, 6)
-    return metrics
-
-
-def bootstrap_intervals(
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    functions: dict[str, Metric],
-    resamples: int,
-    confidence: float,
-    seed: int,
-) -> dict[str, tuple[float, float]]:
-    rng = np.random.default_rng(seed)
-    n = len(y_true)
-    samples: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(resamples):
-        pick = rng.integers(0, n, size=n)
-        for name, fn in functions.items():
-            samples[name].append(float(fn(y_true[pick], y_pred[pick])))
-    alpha = (1 - confidence) / 2
-    return {
-        name: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) for name, v in samples.items()
-    }
-
-
-def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict]:
-    labels = list(range(len(classes)))
-    precision = precision_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
-    recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
-    f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
-    support = np.bincount(y_true, minlength=len(classes))
-    return [
-        {
-            "class": name,
-            "precision": round(float(precision[i]), 6),
-            "recall": round(float(recall[i]), 6),
-            "f1": round(float(f1[i]), 6),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(classes)
-    ]
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

