@@ -390,10 +390,12 @@ def report_summary(report: str, root: Path, layout: Layout, sections: int = 2) -
         if not line.startswith("!["):
             lines.append(line)
     host = socket.gethostname()
+    params_file = root / PARAMS_FILE
+    detect = params_file.is_file() and load_params(params_file).data.task == "detect"
     files = [
         ("full report", layout.report),
         ("metrics", layout.metrics),
-        ("model", layout.classifier),
+        ("model", layout.detector if detect else layout.classifier),
         ("figures", layout.figures_dir),
         ("training curves (DVCLive)", layout.train_log_dir),
     ]

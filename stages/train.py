@@ -6,7 +6,7 @@
 - ``partial`` / ``full`` / ``gradual`` / ``discriminative``: end-to-end training with the
   augmentation policy applied on the fly to training images only (``stages/loop.py``).
 - ``lp_ft``: a linear probe from the cache, then full fine-tuning from that head.
-The YOLO detector trainer joins at ``data.task: detect``.
+``data.task: detect`` goes to the YOLO detector trainer (``stages/yolo_train.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +42,10 @@ log = logging.getLogger("stages.train")
 STAGE = "train"
 FEATURE_STRATEGIES = {"linear_probe", "lp_ft"}
 
+# Called after every epoch with (1-based epoch, that epoch's validation metrics); the
+# hyper-parameter search reports to its pruner through it and may raise to stop the run.
+EpochCallback = Callable[[int, dict[str, float]], None]
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -60,13 +65,12 @@ class TrainResult:
         )
 
 
-def run(params: Params) -> TrainResult:
+def run(params: Params, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train on the train split, select on val, and save ``models/classifier.pt``."""
-    if params.data.task != "classify":
-        raise UserError(
-            "data.task 'detect' needs the YOLO detector trainer, which this version does not have "
-            "yet; set data.task: classify."
-        )
+    if params.data.task == "detect":  # the YOLO trainer (ultralytics stays behind stages/yolo_*.py)
+        from stages.yolo_train import run_detector
+
+        return run_detector(params, on_epoch)
     cfg, seed = params.train, params.base.seed
     seed_everything(seed)
     if cfg.threads:
@@ -93,7 +97,9 @@ def run(params: Params) -> TrainResult:
             layout.feature_cache, backbone, cfg.backbone, policy if cfg.aug_views else None, seed
         )
         epochs = cfg.epochs if cfg.strategy == "linear_probe" else cfg.lp_epochs
-        probe = _linear_probe(cache, train_rows, val_rows, classes, params, device, class_weight, epochs)
+        probe = _linear_probe(
+            cache, train_rows, val_rows, classes, params, device, class_weight, epochs, on_epoch
+        )
         features_computed = cache.computed
         head = head_module(backbone.model)
         with torch.no_grad():
@@ -111,6 +117,7 @@ def run(params: Params) -> TrainResult:
         state_file = (
             layout.paths.cache / "runs" / run_fingerprint(params, frame, backbone, policy) / "last.pt"
         )
+        offset = len(history)  # lp_ft: fine-tuning epochs continue the probe's numbering
         fit = fine_tune(
             backbone.model,
             train_set,
@@ -122,9 +129,9 @@ def run(params: Params) -> TrainResult:
             class_weight,
             sample_weights,
             phase=cfg.strategy,
+            on_epoch=None if on_epoch is None else lambda epoch, metrics: on_epoch(epoch + offset, metrics),
         )
         backbone.model.load_state_dict(fit.best_state)
-        offset = len(history)
         history += [EpochRecord(**{**asdict(r), "epoch": r.epoch + offset}) for r in fit.history]
         best_epoch = fit.best_epoch + offset
 
@@ -157,6 +164,7 @@ def _linear_probe(
     device: torch.device,
     class_weight: torch.Tensor | None,
     epochs: int,
+    on_epoch: EpochCallback | None = None,
 ):
     cfg = params.train
     views = range(cfg.aug_views + 1)
@@ -179,7 +187,7 @@ def _linear_probe(
     if cfg.imbalance == "sampler":  # a linear probe has no sampler: weight the loss instead
         class_weight = class_weights(y_train, len(classes))
     return fit_linear_head(
-        x_train, y_train, x_val, y_val, len(classes), cfg, epochs, class_weight, params.base.seed
+        x_train, y_train, x_val, y_val, len(classes), cfg, epochs, class_weight, params.base.seed, on_epoch
     )
 
 

@@ -1,0 +1,285 @@
+"""The YOLO detector trainer: params mapping, pass-through validation, offline training, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from stages.errors import ParamsError, UserError
+from stages.layout import Layout
+from stages.params import DETECTOR_OWNED_KEYS, Params, parse_params, ultralytics_cfg_keys
+from tests.conftest import REPO_ROOT, detect_params, write_voc
+
+# Ten 64 px images, one bright box each (two classes), so a split has every class.
+SPEC = [(f"img{i}.png", (64, 64), [("bird" if i % 2 else "cat", 8 + i, 8, 40 + i, 44)]) for i in range(10)]
+TINY = {"epochs": 2, "image_size": 32, "batch": 4, "warmup_epochs": 0, "ultralytics": {"plots": False}}
+
+
+def _params(tmp_path: Path, source: Path, out: Path, **detector) -> Params:
+    params = detect_params(
+        tmp_path,
+        source,
+        split={"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "near_duplicates": {"enabled": False}},
+        train={"device": "cpu", "num_workers": 0, "detector": {**TINY, **detector}},
+    )
+    paths = {k: str(out / k) for k in ("interim", "processed", "models", "reports", "cache")}
+    return parse_params({**params.model_dump(mode="json", by_alias=True), "paths": paths})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A detection source taken through ingest -> validate -> split -> augment once per module."""
+    from stages import augment, ingest, split, validate
+
+    root = tmp_path_factory.mktemp("yolo")
+    source = write_voc(root / "source", SPEC)
+    params = _params(root, source, root / "out")
+    for stage in (ingest, validate, split, augment):
+        stage.run(params)
+    return root, source
+
+
+def _fresh(prepared, name: str, **detector) -> Params:
+    """Params sharing the prepared inputs but with their own models/reports/cache folders."""
+    root, source = prepared
+    params = _params(root, source, root / "out", **detector)
+    paths = params.paths.model_dump(mode="json")
+    for key in ("models", "reports", "cache"):
+        paths[key] = str(root / name / key)
+    return parse_params({**params.model_dump(mode="json", by_alias=True), "paths": paths})
+
+
+# --- params -------------------------------------------------------------------------------------
+
+
+def test_pass_through_keys_are_ultralytics_own(tmp_path: Path) -> None:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    assert ultralytics_cfg_keys() == frozenset(DEFAULT_CFG_DICT)
+    assert set(DETECTOR_OWNED_KEYS) - {"augmentations"} <= set(DEFAULT_CFG_DICT)  # a train() extra
+    params = detect_params(
+        tmp_path, tmp_path, train={"detector": {"ultralytics": {"mosaic": 0.5, "plots": False}}}
+    )
+    assert params.train.detector.ultralytics == {"mosaic": 0.5, "plots": False}
+
+
+@pytest.mark.parametrize(
+    ("passed", "message"),
+    [
+        ({"mosiac": 0.5}, "'mosiac' is not an ultralytics trainer argument \\(did you mean 'mosaic'\\?\\)"),
+        ({"epochs": 3}, "'epochs' is set by train.detector.epochs"),
+        ({"device": "0"}, "'device' is set by train.device"),
+    ],
+)
+def test_pass_through_typos_and_owned_keys_are_errors(tmp_path: Path, passed: dict, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        detect_params(tmp_path, tmp_path, train={"detector": {"ultralytics": passed}})
+
+
+def test_unknown_detector_key_names_the_allowed_ones(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"unknown key 'train\.detector\.epoch'.*epochs"):
+        detect_params(tmp_path, tmp_path, train={"detector": {"epoch": 3}})
+
+
+def test_params_map_onto_ultralytics_arguments(tmp_path: Path) -> None:
+    import albumentations as A
+
+    from stages.yolo_train import train_arguments
+
+    params = detect_params(
+        tmp_path,
+        tmp_path,
+        base={"seed": 7},
+        train={"device": "cpu", "num_workers": 1, "detector": {
+            "epochs": 5, "image_size": 320, "batch": 8, "optimizer": "SGD", "lr0": 0.02, "lrf": 0.1,
+            "cos_lr": True, "warmup_epochs": 1, "patience": 3, "freeze": 10, "deterministic": False,
+            "ultralytics": {"mosaic": 0.5, "close_mosaic": 2}}},
+    )  # fmt: skip
+    policy = A.Compose([A.HorizontalFlip(p=0.5)])
+    args = train_arguments(params, tmp_path / "data.yaml", tmp_path / "runs" / "abc", policy)
+    expected = {"epochs": 5, "imgsz": 320, "batch": 8, "optimizer": "SGD", "lr0": 0.02, "lrf": 0.1,
+                "cos_lr": True, "warmup_epochs": 1.0, "patience": 3, "freeze": 10, "seed": 7,
+                "deterministic": False, "device": "cpu", "amp": False, "workers": 1, "name": "abc",
+                "exist_ok": True, "mosaic": 0.5, "close_mosaic": 2}  # fmt: skip
+    assert {k: args[k] for k in expected} == expected
+    assert args["project"] == str((tmp_path / "runs").resolve())
+    assert [type(A.from_dict(d)).__name__ for d in args["augmentations"]] == ["HorizontalFlip"]
+    assert "fliplr" not in args  # builtin_augment (default) keeps ultralytics' own flip, HSV, ...
+
+    off = detect_params(tmp_path, tmp_path, train={"device": "cpu", "detector": {"builtin_augment": False}})
+    args = train_arguments(off, tmp_path / "data.yaml", tmp_path / "runs" / "abc", policy)
+    assert (args["mosaic"], args["hsv_h"], args["fliplr"]) == (0.0, 0.0, 0.0)
+
+
+def test_weights_resolve_offline_and_bare_names_are_refused(tmp_path: Path) -> None:
+    from stages.yolo_train import offline_checkpoint, resolve_weights
+
+    assert offline_checkpoint().is_file() and offline_checkpoint().name == "best.pt"
+    assert resolve_weights("offline") == offline_checkpoint()
+    assert resolve_weights("yolov8s.yaml") == "yolov8s.yaml"  # an architecture: from scratch
+    with pytest.raises(UserError, match="would try to download"):
+        resolve_weights("yolov8s.pt")
+    with pytest.raises(UserError, match="neither a file nor an ultralytics architecture"):
+        resolve_weights("nonsense.yaml")
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def network_blocked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Proxies to a closed local port, and every non-loopback connection or DNS lookup refused.
+
+    Returns the list of attempted destinations (an attempt is refused, then recorded).
+    """
+    attempts: list[str] = []
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if isinstance(address, tuple) and host not in ("127.0.0.1", "::1", "localhost"):
+            attempts.append(f"connect {host}")
+            raise OSError("network blocked by the test")
+        return real_connect(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in (None, "127.0.0.1", "::1", "localhost"):
+            attempts.append(f"dns {host}")
+            raise socket.gaierror("network blocked by the test")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return attempts
+
+
+def test_offline_training_with_the_network_blocked_then_a_rerun_reuses_it(prepared, network_blocked) -> None:
+    from stages import train
+    from stages.yolo_train import META_KEY, load_detector
+
+    params = _fresh(prepared, "offline")
+    layout = Layout(params.paths)
+    seen: list[tuple[int, dict]] = []
+    result = train.run(params, on_epoch=lambda epoch, metrics: seen.append((epoch, metrics)))
+    assert network_blocked == []  # nothing even tried the network
+    assert [e for e, _ in seen] == [1, 2]
+    assert {"map50", "map50_95", "precision", "recall", "val/box_loss"} <= set(seen[0][1])
+    assert result.checkpoint == layout.detector and not result.reused
+    model, meta = load_detector(layout.detector)
+    assert meta["classes"] == ["bird", "cat"] and meta["task"] == "detect"
+    assert [model.names[i] for i in sorted(model.names)] == ["bird", "cat"]  # the head was re-made
+    assert META_KEY in model.ckpt
+    curves = layout.train_log_dir / "plots" / "metrics"
+    for name in ("train/box_loss", "train/cls_loss", "train/dfl_loss", "val/map50", "val/map50_95"):
+        assert len(pd.read_csv(curves / f"{name}.tsv", sep="\t")) == 2, name
+    assert not (REPO_ROOT / "runs").exists()  # nothing next to the working directory
+
+    seen.clear()
+    layout.detector.unlink()
+    again = train.run(params, on_epoch=lambda epoch, metrics: seen.append((epoch, metrics)))
+    assert again.reused and seen == [] and layout.detector.is_file()
+
+
+def test_an_exception_from_the_epoch_callback_stops_training(prepared) -> None:
+    """The hyper-parameter search raises optuna.TrialPruned from on_epoch; it must reach the caller."""
+    from stages import train
+
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch: int, metrics: dict) -> None:
+        raise Pruned(epoch)
+
+    with pytest.raises(Pruned):
+        train.run(_fresh(prepared, "pruned", epochs=3), on_epoch=prune)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import stages
+from stages.params import load_params
+from stages import train
+
+def kill(epoch, metrics):
+    print("EPOCH", epoch, flush=True)
+    if epoch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train.run(load_params(sys.argv[1]), on_epoch=kill)
+"""
+
+
+def test_a_killed_run_resumes_from_last_pt(prepared, tmp_path: Path) -> None:
+    from stages import train
+
+    params = _fresh(prepared, "killed", epochs=2)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)), encoding="utf-8")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(params_file)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    runs = list(Layout(params.paths).yolo_runs.iterdir())
+    assert len(runs) == 1 and (runs[0] / "weights" / "last.pt").is_file()
+    assert not (runs[0] / "done.json").exists()
+
+    seen: list[int] = []
+    result = train.run(params, on_epoch=lambda epoch, metrics: seen.append(epoch))
+    assert seen == [2]  # epoch 1 came from last.pt
+    assert result.epochs_run == 2 and not result.reused and result.run_dir == runs[0]
+    assert json.loads((runs[0] / "done.json").read_text())["fingerprint"] == runs[0].name
+
+
+def test_fingerprint_changes_with_training_params_but_not_with_the_evaluation_confidence(prepared) -> None:
+    from stages.augment import load_policy
+    from stages.manifest import read_classes, read_parquet
+    from stages.yolo_train import run_fingerprint
+
+    def fingerprint(params: Params) -> str:
+        layout = Layout(params.paths)
+        frame = read_parquet(layout.manifest).merge(read_parquet(layout.splits), on="image_id",
+                                                    suffixes=("_source", ""))  # fmt: skip
+        boxes = read_parquet(layout.boxes)
+        return run_fingerprint(
+            params, frame, boxes, read_classes(layout.classes), "w", load_policy(layout.augment_policy)
+        )
+
+    base = fingerprint(_fresh(prepared, "fp"))
+    assert fingerprint(_fresh(prepared, "fp", conf=0.5)) == base
+    assert fingerprint(_fresh(prepared, "fp", lr0=0.02)) != base
+    assert fingerprint(_fresh(prepared, "fp", freeze=10)) != base
+
+
+def test_offline_env_is_applied(monkeypatch) -> None:
+    assert os.environ.get("YOLO_OFFLINE") == "1" and os.environ.get("YOLO_AUTOINSTALL") == "false"
+
+
+def test_amp_check_and_unicode_font_stay_local(tmp_path: Path) -> None:
+    """On CUDA the AMP check loads WEIGHTS_DIR/yolo26n.pt (a download when missing): ours is local."""
+    import ultralytics.utils as uu
+
+    from stages.yolo_train import amp_check_dir, offline_checkpoint, place_unicode_font, ultralytics_offline
+
+    layout = Layout(detect_params(tmp_path, tmp_path).paths)
+    local = amp_check_dir(layout)
+    before = uu.WEIGHTS_DIR
+    with ultralytics_offline(local):
+        assert (uu.WEIGHTS_DIR / "yolo26n.pt").read_bytes() == offline_checkpoint().read_bytes()
+        assert uu.SETTINGS["sync"] is False
+    assert before == uu.WEIGHTS_DIR
+    place_unicode_font()  # non-ASCII class names make ultralytics look for this font
+    assert (uu.USER_CONFIG_DIR / "Arial.Unicode.ttf").is_file()
