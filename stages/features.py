@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,8 @@ class FeatureCache:
             for request, vector in zip(chunk, pooled.float().cpu().numpy(), strict=True):
                 target = self.path(request)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".tmp.npy")
+                # One temporary name per process: two tuning workers may compute the same vector.
+                tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
                 np.save(tmp, vector)
                 tmp.replace(target)  # atomic: a killed run never leaves half a file
             self.computed += len(chunk)

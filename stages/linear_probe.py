@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from stages.loop import EpochRecord, FitResult, monitor_score
+from stages.loop import EpochRecord, FitResult, epoch_metrics, monitor_score
 from stages.params import TrainSection
 from stages.schedule import lr_factor
 
@@ -26,10 +27,12 @@ def fit_linear_head(
     epochs: int,
     class_weight: torch.Tensor | None,
     seed: int,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Minibatch AdamW/SGD on a linear layer with the configured schedule; keep the best epoch.
 
     ``best_state`` holds ``weight`` and ``bias`` of the best epoch by ``cfg.monitor``.
+    ``on_epoch(epoch, metrics)`` runs after every epoch; an exception it raises propagates.
     """
     generator = torch.Generator().manual_seed(seed)
     head = nn.Linear(x_train.shape[1], num_classes)
@@ -89,8 +92,10 @@ def fit_linear_head(
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         else:
             stale += 1
-            if xv is not None and stale >= cfg.patience:
-                log.info("linear probe: early stopping at epoch %d (best %d)", epoch + 1, best_epoch)
-                break
+        if on_epoch is not None:
+            on_epoch(record.epoch, epoch_metrics(record))
+        if xv is not None and stale >= cfg.patience:
+            log.info("linear probe: early stopping at epoch %d (best %d)", epoch + 1, best_epoch)
+            break
     assert best_state is not None
     return FitResult(history, best_state, best_epoch)

@@ -78,9 +78,14 @@ def fine_tune(
     class_weight: torch.Tensor | None = None,
     sample_weights: torch.Tensor | None = None,
     phase: str = "finetune",
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` with ``cfg.strategy``; resume from ``state_file`` when it exists."""
+    """Train ``model`` with ``cfg.strategy``; resume from ``state_file`` when it exists.
+
+    ``on_epoch(epoch, metrics)`` runs after each epoch's checkpoint is written (epochs restored on
+    resume are reported first), so an exception it raises (a pruned trial) stops training with a
+    consistent, resumable state on disk; the exception propagates.
+    """
     on_cuda = device.type == "cuda"
     model.to(device)
     if on_cuda:
@@ -118,6 +123,8 @@ def fine_tune(
         history = [EpochRecord(**r) for r in saved["history"]]
         best_state, best_epoch, best_score = saved["best_state"], saved["best_epoch"], saved["best_score"]
         stale, start_epoch = saved["stale"], saved["epoch"]
+        for restored in history:  # a resumed run reports the epochs it restored, in order
+            _report(on_epoch, restored)
         if saved["finished"]:
             log.info("%s: finished run found in %s, not training again", phase, state_file)
             return FitResult(history, best_state, best_epoch)
@@ -188,8 +195,7 @@ def fine_tune(
             record.trainable_params,
             time.perf_counter() - started,
         )
-        if on_epoch is not None:
-            on_epoch(epoch)
+        _report(on_epoch, record)
         if finished:
             if stale >= cfg.patience:
                 log.info("%s: early stopping at epoch %d (best %d)", phase, record.epoch, best_epoch)
@@ -199,6 +205,21 @@ def fine_tune(
             state_file, model, optimizer, history, best_state, best_epoch, best_score, stale, cfg.epochs, True
         )
     return FitResult(history, best_state, best_epoch)
+
+
+def epoch_metrics(record: EpochRecord) -> dict[str, float]:
+    """What ``on_epoch`` receives: train loss, plus val loss and accuracy when there is a val split."""
+    metrics = {"train_loss": record.train_loss}
+    if record.val_loss is not None:
+        metrics["val_loss"] = record.val_loss
+    if record.val_accuracy is not None:
+        metrics["val_accuracy"] = record.val_accuracy
+    return metrics
+
+
+def _report(on_epoch: Callable[[int, dict[str, float]], None] | None, record: EpochRecord) -> None:
+    if on_epoch is not None:
+        on_epoch(record.epoch, epoch_metrics(record))
 
 
 @torch.inference_mode()
