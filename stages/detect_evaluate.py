@@ -450,6 +450,8 @@ def run(params: Params) -> DetectEvaluateResult:
         "split": split,
         "images": len(rows),
         "split_hash": split_hash(rows, boxes),
+        # precision, recall, the confusion matrix and the box outcomes are all at this score
+        "confidence_threshold": conf,
     }
     cfg = params.evaluate
     if cfg.bootstrap:

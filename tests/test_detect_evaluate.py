@@ -169,10 +169,12 @@ def test_detection_pipeline_on_the_demo_from_the_command_line(tmp_path: Path) ->
     params["split"]["near_duplicates"]["workers"] = 1
     params["augment"]["preview"] = {"images": 2, "views": 1}
     params["train"]["device"] = "cpu"
-    params["train"]["detector"] = {"epochs": 1, "image_size": 64, "batch": 8, "ultralytics": {"plots": False}}
+    params["train"]["detector"] = {
+        "epochs": 1, "image_size": 64, "batch": 8, "conf": 0.3, "ultralytics": {"plots": False}
+    }  # fmt: skip
     params["evaluate"]["bootstrap"] = 200
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    for stage in ("ingest", "validate", "split", "augment", "train", "evaluate"):
+    for stage in ("ingest", "validate", "split", "augment", "train", "evaluate", "report"):
         done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, capture_output=True,
                               text=True, timeout=600)  # fmt: skip
         assert done.returncode == 0, f"{stage}:\n{done.stderr[-3000:]}"
@@ -182,6 +184,11 @@ def test_detection_pipeline_on_the_demo_from_the_command_line(tmp_path: Path) ->
     for name in ("map50", "map50_95", "precision", "recall"):
         assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"], name
     assert len(metrics["split_hash"]) == 16
+    assert metrics["confidence_threshold"] == 0.3  # train.detector.conf, through the model's metadata
+    page = (reports / "report.html").read_text(encoding="utf-8")
+    for heading in ("Headline", "Data", "Model", "Per class", "Errors", "Curves", "Training"):
+        assert f">{heading}" in page, heading
+    assert "confidence &gt;= 0.30" in page  # the mistakes grid uses evaluate's threshold
     per_class = json.loads((reports / "plots" / "per_class.json").read_text(encoding="utf-8"))
     assert [r["class"] for r in per_class] == ["raccoon"]
     assert set(per_class[0]) == {"class", "ap50", "ap50_95", "precision", "recall", "support"}
