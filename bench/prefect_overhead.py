@@ -55,7 +55,7 @@ def venv_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def make_project(root: Path, overrides: dict[str, object]) -> Path:
     """A fresh copy of the checkout's pipeline: same code, same params (plus overrides), same data."""
     sys.path.insert(0, str(REPO_ROOT))
-    from pipelines.flow import apply_overrides
+    from stages.params import with_overrides
 
     for name in ("stages", "pipelines"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -64,7 +64,7 @@ def make_project(root: Path, overrides: dict[str, object]) -> Path:
     source = Path(raw["data"]["source"])
     if not source.is_absolute():
         shutil.copytree(REPO_ROOT / source, root / source)
-    (root / "params.yaml").write_text(yaml.safe_dump(apply_overrides(raw, overrides), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(with_overrides(raw, overrides), sort_keys=False))
     (root / ".gitignore").write_text("__pycache__/\n/data/cache/\n", encoding="utf-8")
     env = venv_env()
     for command in (

@@ -46,7 +46,7 @@ from prefect.tasks import Task, exponential_backoff
 import stages
 from stages.errors import UserError
 from stages.layout import Layout
-from stages.params import load_params, parse_params
+from stages.params import get_dotted, load_params, parse_params, set_dotted, with_overrides
 
 PARAMS_FILE = "params.yaml"  # the file dvc.yaml templates from and dvc.lock records
 PROJECT_FILE = "dvc.yaml"
@@ -122,23 +122,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``raw`` with each dotted key set (intermediate sections created as needed)."""
-    merged = json.loads(json.dumps(raw, default=str))
-    for dotted, value in overrides.items():
-        _set(merged, dotted, value)
-    return merged
-
-
-def _set(node: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[leaf] = value
-
-
 def validate_params(root: Path, params_file: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
     """Check params.yaml + overrides with the stages' own models; return the overrides that change it.
 
@@ -155,9 +138,13 @@ def validate_params(root: Path, params_file: str, overrides: dict[str, Any] | No
         )
     load_params(path)  # a bad file is a one-sentence ParamsError naming the key
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    merged = apply_overrides(raw, overrides or {})
+    merged = with_overrides(raw, overrides or {})
     parse_params(merged, source=f"{PARAMS_FILE} with overrides {overrides}")
-    return {key: _get(merged, key) for key in overrides or {} if _get(raw, key) != _get(merged, key)}
+    return {
+        key: get_dotted(merged, key)
+        for key in overrides or {}
+        if get_dotted(raw, key) != get_dotted(merged, key)
+    }
 
 
 def prepare_params(root: Path, params_file: str, overrides: dict[str, Any] | None) -> list[str]:
@@ -172,17 +159,8 @@ def prepare_params(root: Path, params_file: str, overrides: dict[str, Any] | Non
 
         with modify_yaml(root / PARAMS_FILE) as data:
             for key, value in changed.items():
-                _set(data, key, value)
+                set_dotted(data, key, value)
     return list(changed)
-
-
-def _get(raw: dict[str, Any], dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 # --- the project: the same code DVC hashes, the stages DVC would run -----------------------------

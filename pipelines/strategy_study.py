@@ -31,15 +31,14 @@ from tqdm import tqdm
 
 from pipelines.trials import (
     drop_checkpoint,
-    params_dict,
     require_prepared,
     run_params,
-    with_overrides,
+    with_cli_options,
     write_policy,
 )
 from stages import evaluate, train
 from stages.errors import UserError
-from stages.params import DEFAULT_PARAMS_FILE, Params, load_params, parse_params
+from stages.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 log = logging.getLogger("pipelines.strategy_study")
 STUDY_MD = "strategy_study.md"
@@ -259,18 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        params = load_params(args.params)
-        overrides = {
+        options = {
             "tune.study.strategies": args.strategies,
             "tune.study.seeds": args.seeds,
             "tune.study.epochs": args.epochs,
             "tune.study.probe_epochs": args.probe_epochs,
         }
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if overrides:
-            params = parse_params(
-                with_overrides(params_dict(params), overrides), source=f"{args.params} + options"
-            )
+        params = with_cli_options(load_params(args.params), options, str(args.params))
         result = run(params, progress=not args.no_progress)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,7 +10,6 @@ project's main outputs are never touched.
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import albumentations as A
 from stages.augment import build_policy
 from stages.errors import UserError
 from stages.layout import Layout
-from stages.params import Params, parse_params
+from stages.params import Params, parse_params, with_overrides
 
 RUN_PATHS = ("models", "reports", "processed")
 
@@ -30,30 +29,12 @@ def params_dict(params: Params) -> dict[str, Any]:
     return params.model_dump(mode="json", by_alias=True)
 
 
-def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = raw
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[leaf] = value
-
-
-def get_dotted(raw: dict[str, Any], dotted: str) -> Any:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(raw)
-    for dotted, value in overrides.items():
-        set_dotted(merged, dotted, value)
-    return merged
+def with_cli_options(params: Params, options: dict[str, Any], source: str) -> Params:
+    """``params`` with the command-line options that were given (None: not given) set on top."""
+    given = {key: value for key, value in options.items() if value is not None}
+    if not given:
+        return params
+    return parse_params(with_overrides(params_dict(params), given), source=f"{source} + options")
 
 
 def require_prepared(params: Params) -> None:

@@ -36,16 +36,23 @@ from tqdm import tqdm
 from pipelines.trials import (
     clean_dir,
     drop_checkpoint,
-    get_dotted,
     params_dict,
     require_prepared,
     run_params,
-    with_overrides,
+    with_cli_options,
     write_policy,
 )
 from stages import train
 from stages.errors import UserError
-from stages.params import DEFAULT_PARAMS_FILE, Params, TuneSection, load_params, parse_params
+from stages.params import (
+    DEFAULT_PARAMS_FILE,
+    Params,
+    TuneSection,
+    get_dotted,
+    load_params,
+    parse_params,
+    with_overrides,
+)
 
 log = logging.getLogger("pipelines.tune")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -540,18 +547,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pipelines.tune").setLevel(logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        params = load_params(args.params)
-        overrides = {
+        options = {
             "tune.trials": args.trials,
             "tune.timeout_minutes": args.timeout_minutes,
             "tune.storage": args.storage,
             "tune.study_name": args.study_name,
         }
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if overrides:
-            params = parse_params(
-                with_overrides(params_dict(params), overrides), source=f"{args.params} + options"
-            )
+        params = with_cli_options(load_params(args.params), options, str(args.params))
         if args.fresh:
             delete_study(params)
         result = run(params, args.params, args.out, args.worker, progress=not args.no_progress)

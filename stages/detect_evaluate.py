@@ -24,7 +24,13 @@ import pandas as pd
 from stages.errors import UserError
 from stages.imaging import load_rgb
 from stages.layout import Layout
-from stages.manifest import read_parquet, split_hash, write_json, write_parquet
+from stages.manifest import (
+    DETECTION_PREDICTION_COLUMNS,
+    read_parquet,
+    split_hash,
+    write_json,
+    write_parquet,
+)
 from stages.params import Params
 
 log = logging.getLogger("stages.evaluate")
@@ -359,19 +365,7 @@ def predictions_table(
         for g, box in enumerate(truth["boxes"]):
             outcome = "matched" if matched[g] else "missed"
             records.append((image_id, path, "truth", classes[truth["labels"][g]], np.nan, *box, outcome))
-    columns = [
-        "image_id",
-        "path",
-        "kind",
-        "class_name",
-        "score",
-        "x_min",
-        "y_min",
-        "x_max",
-        "y_max",
-        "outcome",
-    ]
-    frame = pd.DataFrame.from_records(records, columns=columns)
+    frame = pd.DataFrame.from_records(records, columns=DETECTION_PREDICTION_COLUMNS)
     return frame.astype({"image_id": "string", "path": "string", "kind": "string", "class_name": "string",
                          "outcome": "string", "score": "float64"})  # fmt: skip
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from stages.loop import EpochRecord, FitResult, epoch_metrics, monitor_score
+from stages.loop import EpochCallback, EpochRecord, FitResult, epoch_metrics, monitor_score
 from stages.params import TrainSection
 from stages.schedule import lr_factor
 
@@ -27,7 +26,7 @@ def fit_linear_head(
     epochs: int,
     class_weight: torch.Tensor | None,
     seed: int,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> FitResult:
     """Minibatch AdamW/SGD on a linear layer with the configured schedule; keep the best epoch.
 

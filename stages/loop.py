@@ -35,6 +35,10 @@ from stages.schedule import lr_factor, set_lrs
 
 log = logging.getLogger("stages.train")
 
+# Called after every epoch with (1-based epoch, that epoch's validation metrics), by both
+# trainers; the hyper-parameter search reports to its pruner through it and may raise to stop.
+EpochCallback = Callable[[int, dict[str, float]], None]
+
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -78,7 +82,7 @@ def fine_tune(
     class_weight: torch.Tensor | None = None,
     sample_weights: torch.Tensor | None = None,
     phase: str = "finetune",
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> FitResult:
     """Train ``model`` with ``cfg.strategy``; resume from ``state_file`` when it exists.
 
@@ -217,7 +221,7 @@ def epoch_metrics(record: EpochRecord) -> dict[str, float]:
     return metrics
 
 
-def _report(on_epoch: Callable[[int, dict[str, float]], None] | None, record: EpochRecord) -> None:
+def _report(on_epoch: EpochCallback | None, record: EpochRecord) -> None:
     if on_epoch is not None:
         on_epoch(record.epoch, epoch_metrics(record))
 

@@ -13,6 +13,11 @@ MANIFEST_COLUMNS = ["image_id", "path", "sha256", "width", "height", "label", "g
 QUARANTINE_COLUMNS = ["path", "reason", "detail", "stage", "item", "annotation"]
 BOX_COLUMNS = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max", "difficult", "truncated"]
 SPLIT_NAMES = ("train", "val", "test")
+# reports/predictions.parquet for detection: one row per box, predicted ("prediction", with a
+# score; outcome tp/fp) or true ("truth"; outcome matched/missed), pixels of the original image.
+DETECTION_PREDICTION_COLUMNS = [
+    "image_id", "path", "kind", "class_name", "score", "x_min", "y_min", "x_max", "y_max", "outcome"
+]  # fmt: skip
 
 
 @dataclass(frozen=True)

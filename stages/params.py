@@ -6,6 +6,7 @@ allowed, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 from pathlib import Path
@@ -698,3 +699,35 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+# --- dotted-key overrides (``train.epochs=3``): the flow's --set, tuning trials, CLI options --------
+
+
+def get_dotted(raw: dict[str, Any], dotted: str) -> Any:
+    """The value at ``a.b.c`` in nested dicts, or None where the path does not exist."""
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts in place, creating missing sections."""
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with each dotted key set (intermediate sections created as needed)."""
+    merged = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        set_dotted(merged, dotted, value)
+    return merged

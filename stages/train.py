@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,17 +33,13 @@ from stages.features import FeatureCache, FeatureRequest
 from stages.finetune import group_table, param_groups
 from stages.layout import Layout
 from stages.linear_probe import fit_linear_head
-from stages.loop import EpochRecord, fine_tune
+from stages.loop import EpochCallback, EpochRecord, fine_tune
 from stages.manifest import read_classes, read_parquet
 from stages.params import Params, TrainSection
 
 log = logging.getLogger("stages.train")
 STAGE = "train"
 FEATURE_STRATEGIES = {"linear_probe", "lp_ft"}
-
-# Called after every epoch with (1-based epoch, that epoch's validation metrics); the
-# hyper-parameter search reports to its pruner through it and may raise to stop the run.
-EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)

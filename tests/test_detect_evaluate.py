@@ -24,6 +24,7 @@ from stages.detect_evaluate import (
     predictions_table,
     torchmetrics_map,
 )
+from stages.manifest import DETECTION_PREDICTION_COLUMNS
 from tests.conftest import REPO_ROOT
 
 
@@ -201,19 +202,7 @@ def test_detection_pipeline_on_the_demo_from_the_command_line(tmp_path: Path) ->
     confusion = json.loads((reports / "plots" / "confusion.json").read_text(encoding="utf-8"))
     assert {"raccoon", "background"} >= {r["actual"] for r in confusion} | {r["predicted"] for r in confusion}
     boxes = pd.read_parquet(reports / "predictions.parquet")
-    columns = [
-        "image_id",
-        "path",
-        "kind",
-        "class_name",
-        "score",
-        "x_min",
-        "y_min",
-        "x_max",
-        "y_max",
-        "outcome",
-    ]
-    assert list(boxes.columns) == columns
+    assert list(boxes.columns) == DETECTION_PREDICTION_COLUMNS
     assert (boxes["kind"] == "truth").sum() == per_class[0]["support"]
     assert set(boxes["outcome"]) <= {"tp", "fp", "matched", "missed"}
     assert (tmp_path / "models" / "detector.pt").is_file()

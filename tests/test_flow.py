@@ -38,14 +38,13 @@ from pipelines import flow as flow_module
 from pipelines.flow import (
     METRICS_ARTIFACT,
     REPORT_ARTIFACT,
-    apply_overrides,
     is_transient,
     metrics_table,
     parse_override,
     training_pipeline,
 )
 from stages.errors import DataError, ParamsError
-from stages.params import parse_params
+from stages.params import parse_params, with_overrides
 from tests.conftest import REPO_ROOT, make_classify_source
 
 GIT_ENV = {
@@ -120,7 +119,7 @@ def test_overrides_parse_like_dvc_set_param_and_merge_into_sections() -> None:
     with pytest.raises(flow_module.ProjectError, match="KEY=VALUE"):
         parse_override("train.epochs")
     raw = {"train": {"epochs": 60, "lr": 0.001}}
-    merged = apply_overrides(raw, {"train.epochs": 3, "report.title": "x"})
+    merged = with_overrides(raw, {"train.epochs": 3, "report.title": "x"})
     assert merged == {"train": {"epochs": 3, "lr": 0.001}, "report": {"title": "x"}}
     assert raw["train"]["epochs"] == 60  # the input is not modified
 

@@ -19,7 +19,13 @@ from PIL import Image
 from bench import render_report
 from stages import evaluate, ingest, report, split, validate
 from stages.layout import Layout
-from stages.manifest import read_classes, read_parquet, write_json, write_parquet
+from stages.manifest import (
+    DETECTION_PREDICTION_COLUMNS,
+    read_classes,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from tests.conftest import detect_params, fast_params, make_classify_source, write_image, write_voc
 
 CLASSIFY_SECTIONS = ("Headline", "Data", "Model", "Per class", "Errors", "Curves", "Training")
@@ -154,19 +160,7 @@ def _detection_outputs(layout: Layout) -> None:
     box("d é.png", "truth", "bird", np.nan, (0, 0, 16, 24), "missed")
     box("d é.png", "truth", "bird", np.nan, (16, 24, 32, 48), "matched")
     box("d é.png", "prediction", "bird", 0.7, (16, 23, 32, 47), "tp")
-    columns = [
-        "image_id",
-        "path",
-        "kind",
-        "class_name",
-        "score",
-        "x_min",
-        "y_min",
-        "x_max",
-        "y_max",
-        "outcome",
-    ]
-    write_parquet(pd.DataFrame.from_records(boxes, columns=columns), layout.predictions)
+    write_parquet(pd.DataFrame.from_records(boxes, columns=DETECTION_PREDICTION_COLUMNS), layout.predictions)
     metrics = {"task": "detect", "split": "test", "images": 4, "boxes": 5, "split_hash": "feedc0de"}
     for name, value in (("map50", 0.62), ("map50_95", 0.41), ("precision", 0.75), ("recall", 0.6)):
         metrics |= {name: value, f"{name}_ci_low": value - 0.2, f"{name}_ci_high": min(1, value + 0.15)}
