@@ -45,9 +45,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import stages  # noqa: F401  (offline environment)
 from bench.common import SHARED_DATASETS, markdown_table, write_section
-from stages.augment import PRESETS, augment_image, build_policy, reseed
-from stages.imaging import load_rgb
-from stages.params import AugmentSection
+from stages.core.params import AugmentSection
+from stages.dataprep.augmentation import PRESETS, augment_image, build_policy, reseed
+from stages.dataprep.imaging import load_rgb
 
 SIZE = 224
 BATCH = 32

@@ -36,8 +36,8 @@ import stages  # (applies the offline environment first)
 import stages.ingest
 import stages.validate
 from bench.common import SHARED_DATASETS, markdown_table, write_section
-from stages.expectations import CHECKS
-from stages.params import Params, parse_params
+from stages.core.params import Params, parse_params
+from stages.dataprep.checks import CHECKS
 
 Image.MAX_IMAGE_PIXELS = None
 

@@ -30,7 +30,7 @@ import numpy as np
 
 import stages  # noqa: F401  (offline environment)
 from bench.common import markdown_table, write_section
-from stages.near_duplicates import all_pairs, connected_labels, find_pairs, plan_chunks
+from stages.dataprep.near_duplicates import all_pairs, connected_labels, find_pairs, plan_chunks
 
 SECTION = "Near-duplicate clustering (multi-index hashing vs all pairs)"
 
@@ -89,8 +89,8 @@ def hashing_rows(repeats: int) -> list[list[str]]:
     from PIL import Image
 
     from bench.common import SHARED_DATASETS
-    from stages.imaging import sha256_file
-    from stages.near_duplicates import compute_hashes
+    from stages.dataprep.imaging import sha256_file
+    from stages.dataprep.near_duplicates import compute_hashes
 
     datasets = {
         "hymenoptera (JPEG, median 500x375)": sorted((SHARED_DATASETS / "hymenoptera").glob("*/*/*.jp*g")),

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import stages  # noqa: F401  (offline environment)
 from bench.common import SHARED_DATASETS, write_section
 from stages import augment, ingest, split, validate
-from stages.params import Params, parse_params
+from stages.core.params import Params, parse_params
 
 SECTION = "Fine-tuning strategy study (several seeds)"
 # Dataset -> (source folder, split section): eth80 is split by object (the group), as in leakage_cost.

@@ -26,13 +26,13 @@ from torch.utils.data import DataLoader
 
 import stages  # noqa: F401  (offline environment)
 from bench.common import SHARED_DATASETS, markdown_table, write_section
-from stages.backbones import create_classifier, pooled_features
-from stages.datasets import ImageDataset
-from stages.features import FeatureCache, FeatureRequest
-from stages.imaging import sha256_file
-from stages.linear_probe import fit_linear_head
-from stages.loop import fine_tune
-from stages.params import TrainSection
+from stages.core.params import TrainSection
+from stages.dataprep.imaging import sha256_file
+from stages.dataprep.torch_datasets import ImageDataset
+from stages.engine.linear_probe import fit_linear_head
+from stages.engine.loop import fine_tune
+from stages.models.backbones import create_classifier, pooled_features
+from stages.models.feature_cache import FeatureCache, FeatureRequest
 
 
 def hymenoptera_rows(limit: int) -> tuple[pd.DataFrame, Path]:
@@ -104,7 +104,7 @@ def loop_throughput(rows: pd.DataFrame, root: Path, repeats: int, batch_size: in
         [
             "training loop, full fine-tuning, 224 px, batch 32",
             f"{bare_ips:.1f} img/s (bare timm + torch)",
-            f"{ours_ips:.1f} img/s (stages.loop)",
+            f"{ours_ips:.1f} img/s (stages.engine.loop)",
             f"{ours_ips / bare_ips:.2f}",
             ">= 0.95",
         ]

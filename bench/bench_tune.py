@@ -32,7 +32,7 @@ import stages  # noqa: F401  (offline environment)
 from bench.bench_strategies import DATASETS, dataset_params, prepare
 from bench.common import markdown_table, write_section
 from stages import evaluate, train
-from stages.params import Params, load_params, parse_params
+from stages.core.params import Params, load_params, parse_params
 
 SECTION = "Hyper-parameter search (TPE + Hyperband)"
 SEARCH_HEADER = [

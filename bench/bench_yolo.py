@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import stages  # noqa: F401  (offline environment)
 from bench.common import SHARED_DATASETS, markdown_table, write_section
-from stages.params import Params, parse_params
+from stages.core.params import Params, parse_params
 
 SECTION = "YOLO detector (bench/bench_yolo.py)"
 
@@ -73,9 +73,9 @@ def bare(params: Params, project: Path) -> float:
     """The same ultralytics call without our stage: same data.yaml, weights and arguments."""
     from ultralytics import YOLO
 
-    from stages.augment import load_policy
-    from stages.layout import Layout
-    from stages.yolo_train import resolve_weights, train_arguments, ultralytics_offline
+    from stages.core.layout import Layout
+    from stages.dataprep.augmentation import load_policy
+    from stages.engine.yolo.trainer import resolve_weights, train_arguments, ultralytics_offline
 
     layout = Layout(params.paths)
     args = train_arguments(
@@ -111,9 +111,9 @@ def main() -> None:
         "frozen": make_params(root, "frozen", freeze=10, **common),
     }
     prep = prepare(runs["pretrained"])
-    from stages.layout import Layout
-    from stages.manifest import read_classes, read_parquet
-    from stages.yolo_dataset import export_dataset
+    from stages.core.contracts import read_classes, read_parquet
+    from stages.core.layout import Layout
+    from stages.dataprep.yolo_export import export_dataset
 
     layout = Layout(runs["pretrained"].paths)
     frame = read_parquet(layout.manifest).merge(read_parquet(layout.splits), on="image_id",

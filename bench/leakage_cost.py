@@ -39,12 +39,14 @@ import pandas as pd
 import stages  # noqa: F401  (offline environment)
 from bench.common import SHARED_DATASETS, markdown_table, write_section
 from stages import augment, evaluate, ingest, split, train, validate
-from stages.errors import DataError
-from stages.groups import assign_groups
-from stages.imaging import sha256_file
-from stages.layout import Layout
-from stages.manifest import image_id_from_sha256, read_parquet
-from stages.params import GroupSection, Params, SplitSection, parse_params
+from stages.core.contracts import image_id_from_sha256, read_parquet
+from stages.core.errors import DataError
+from stages.core.layout import Layout
+from stages.core.params import GroupSection, Params, SplitSection, parse_params
+from stages.dataprep import leakage as split_audit
+from stages.dataprep import splitting
+from stages.dataprep.groups import assign_groups
+from stages.dataprep.imaging import sha256_file
 
 SECTION = "What leakage costs (eth80) and the leakage audit on real splits"
 CONFIGS = {
@@ -153,10 +155,10 @@ def audit_random_split(params: Params, splits: pd.DataFrame) -> str:
     manifest = read_parquet(layout.manifest).sort_values("image_id").reset_index(drop=True)
     manifest["group"] = assign_groups(manifest, GroupSection(rule="parent"), params.data.source).groups
     audit_cfg = SplitSection.model_validate({"groups": {"rule": "parent"}})
-    pairs = split.find_near_duplicates(
+    pairs = splitting.find_near_duplicates(
         manifest, params.data.source, audit_cfg.near_duplicates, layout.hash_cache
     )
-    leakage = split.audit_leakage(manifest, splits, pairs, audit_cfg)
+    leakage = split_audit.audit_leakage(manifest, splits, pairs, audit_cfg)
     counts = leakage["counts"]
     return (
         f"The audit on the random eth80 split (seed 0), told the object groups: {counts['groups']} of 80 "
@@ -189,8 +191,8 @@ def raccoon(work: Path) -> list[str]:
         }
     )
     cfg = SplitSection()
-    pairs = split.find_near_duplicates(manifest, root, cfg.near_duplicates, work / "cache" / "phash")
-    leakage = split.audit_leakage(manifest, manifest[["image_id", "split"]], pairs, cfg)
+    pairs = splitting.find_near_duplicates(manifest, root, cfg.near_duplicates, work / "cache" / "phash")
+    leakage = split_audit.audit_leakage(manifest, manifest[["image_id", "split"]], pairs, cfg)
     same_bytes = int(manifest["sha256"].duplicated(keep=False).sum())
     c = leakage["counts"]
     listed = "; ".join(
@@ -249,7 +251,7 @@ def hymenoptera(work: Path) -> list[str]:
 
 def closest_cross_split(params: Params) -> tuple[int, int]:
     """Smallest (pHash, dHash) distance between a train image and a test image, all pairs (small n)."""
-    from stages.near_duplicates import compute_hashes, hamming
+    from stages.dataprep.near_duplicates import compute_hashes, hamming
 
     layout = Layout(params.paths)
     frame = read_parquet(layout.manifest).merge(read_parquet(layout.splits), on="image_id")

@@ -55,7 +55,7 @@ def venv_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def make_project(root: Path, overrides: dict[str, object]) -> Path:
     """A fresh copy of the checkout's pipeline: same code, same params (plus overrides), same data."""
     sys.path.insert(0, str(REPO_ROOT))
-    from stages.params import with_overrides
+    from stages.core.params import with_overrides
 
     for name in ("stages", "pipelines"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))

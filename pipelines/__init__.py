@@ -4,6 +4,6 @@ They call the stages' own ``run(...)`` functions (no second implementation); imp
 package first makes the process offline, exactly as ``stages`` does.
 """
 
-from stages.offline import apply_offline_environment
+from stages.core.offline import apply_offline_environment
 
 apply_offline_environment()

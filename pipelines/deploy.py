@@ -26,7 +26,7 @@ from pipelines.flow import (
     validate_params,
     working_directory,
 )
-from stages.errors import UserError
+from stages.core.errors import UserError
 
 DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
 

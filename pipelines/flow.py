@@ -44,9 +44,9 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import Task, exponential_backoff
 
 import stages
-from stages.errors import UserError
-from stages.layout import Layout
-from stages.params import get_dotted, load_params, parse_params, set_dotted, with_overrides
+from stages.core.errors import UserError
+from stages.core.layout import Layout
+from stages.core.params import get_dotted, load_params, parse_params, set_dotted, with_overrides
 
 PARAMS_FILE = "params.yaml"  # the file dvc.yaml templates from and dvc.lock records
 PROJECT_FILE = "dvc.yaml"

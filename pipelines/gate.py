@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from stages.errors import UserError
-from stages.layout import Layout
-from stages.params import DEFAULT_PARAMS_FILE, GateMetric, GateSection, Params, load_params
+from stages.core.errors import UserError
+from stages.core.layout import Layout
+from stages.core.params import DEFAULT_PARAMS_FILE, GateMetric, GateSection, Params, load_params
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 CRASHED = 3  # a bug in the gate (traceback printed): never read as a regression

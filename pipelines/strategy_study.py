@@ -37,8 +37,8 @@ from pipelines.trials import (
     write_policy,
 )
 from stages import evaluate, train
-from stages.errors import UserError
-from stages.params import DEFAULT_PARAMS_FILE, Params, load_params
+from stages.core.errors import UserError
+from stages.core.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 log = logging.getLogger("pipelines.strategy_study")
 STUDY_MD = "strategy_study.md"

@@ -16,10 +16,10 @@ from typing import Any
 
 import albumentations as A
 
-from stages.augment import build_policy
-from stages.errors import UserError
-from stages.layout import Layout
-from stages.params import Params, parse_params, with_overrides
+from stages.core.errors import UserError
+from stages.core.layout import Layout
+from stages.core.params import Params, parse_params, with_overrides
+from stages.dataprep.augmentation import build_policy
 
 RUN_PATHS = ("models", "reports", "processed")
 

@@ -43,8 +43,8 @@ from pipelines.trials import (
     write_policy,
 )
 from stages import train
-from stages.errors import UserError
-from stages.params import (
+from stages.core.errors import UserError
+from stages.core.params import (
     DEFAULT_PARAMS_FILE,
     Params,
     TuneSection,

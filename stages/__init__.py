@@ -1,5 +1,5 @@
 """Pipeline stages, one module each, run as ``python -m stages.<name> [--params FILE]``."""
 
-from stages.offline import apply_offline_environment
+from stages.core.offline import apply_offline_environment
 
 apply_offline_environment()

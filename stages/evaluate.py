@@ -1,6 +1,6 @@
 """Stage ``evaluate``: predict the held-out split and write metrics with bootstrap intervals.
 
-Metrics come from scikit-learn and torchmetrics (``stages/classify_metrics.py``, with a
+Metrics come from scikit-learn and torchmetrics (``stages/metrics/classification.py``, with a
 vectorised seeded bootstrap for the intervals); per-image predictions (scores and loss) are
 saved so any metric can be recomputed without the model.
 """
@@ -8,33 +8,25 @@ saved so any metric can be recomputed without the model.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from sklearn.metrics import confusion_matrix
-from tqdm import tqdm
 
-from stages.classify_metrics import (
+from stages.core.cli import exit_with
+from stages.core.contracts import read_parquet, split_hash, write_json, write_parquet
+from stages.core.errors import UserError
+from stages.core.layout import Layout
+from stages.core.params import EvaluateSection, Params
+from stages.metrics.classification import (
     Options,
-    compute_metrics,
+    confusion_rows,
     curves,
-    image_losses,
-    normalise,
+    predictions_frame,
     reliability,
     summarise,
 )
-from stages.cli import exit_with
-from stages.errors import UserError
-from stages.imaging import load_rgb
-from stages.layout import Layout
-from stages.manifest import read_parquet, split_hash, write_json, write_parquet
-from stages.params import EvaluateSection, Params
-from stages.train import load_checkpoint, resolve_device
-
-__all__ = ["EvaluateResult", "Options", "compute_metrics", "run", "split_rows", "write_outputs"]
 
 log = logging.getLogger("stages.evaluate")
 STAGE = "evaluate"
@@ -65,10 +57,12 @@ def options(params: Params) -> Options:
 
 def run(params: Params) -> EvaluateResult:
     """Score the model on ``evaluate.split``; write metrics, predictions and plot data."""
-    if params.data.task == "detect":  # mAP and friends: stages/detect_evaluate.py
-        from stages.detect_evaluate import run as run_detect
+    if params.data.task == "detect":
+        return _evaluate_detector(params)
+    from stages.engine.device import resolve_device  # torch: imported when a model runs
+    from stages.engine.inference import predict
+    from stages.models.checkpoints import load_checkpoint
 
-        return run_detect(params)
     layout = Layout(params.paths)
     model, meta = load_checkpoint(layout.classifier)
     classes: list[str] = meta["classes"]
@@ -112,7 +106,7 @@ def write_outputs(
 
     write_json(metrics, layout.metrics)
     write_parquet(predictions, layout.predictions)
-    write_confusion(predictions, layout.plots_dir / "confusion.json")
+    write_json(confusion_rows(predictions), layout.plots_dir / "confusion.json")
     write_json(per_class, layout.plots_dir / "per_class.json")
     for name, points in curves(y_true, probabilities, classes).items():
         write_json(points, layout.plots_dir / f"{name}.json")
@@ -120,52 +114,90 @@ def write_outputs(
     return EvaluateResult(metrics, predictions)
 
 
-@torch.inference_mode()
-def predict(model, files: list[Path], device: torch.device, batch_size: int) -> np.ndarray:
-    """Softmax probabilities for each file, preprocessed as in training."""
-    network = model.model.to(device).eval()
-    transform = model.preprocessing.transform()
-    outputs = []
-    for start in tqdm(
-        range(0, len(files), batch_size), desc="evaluate: predicting", unit="batch", leave=False
-    ):
-        batch = torch.stack([transform(load_rgb(f)) for f in files[start : start + batch_size]])
-        outputs.append(torch.softmax(network(batch.to(device)).float(), dim=1).cpu().numpy())
-    return np.concatenate(outputs)
+@dataclass(frozen=True)
+class DetectEvaluateResult:
+    metrics: dict
+    predictions: pd.DataFrame
+
+    def __str__(self) -> str:
+        m = self.metrics
+        return (
+            f"{m['split']} mAP50 {m['map50']:.3f} [{m.get('map50_ci_low', float('nan')):.3f}, "
+            f"{m.get('map50_ci_high', float('nan')):.3f}], mAP50-95 {m['map50_95']:.3f} "
+            f"on {m['images']} images"
+        )
 
 
-def predictions_frame(
-    rows: pd.DataFrame, y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]
-) -> pd.DataFrame:
-    """One row per image: label, prediction, its confidence, the image's loss and every score."""
-    p = normalise(probabilities)
-    predicted = p.argmax(1)
-    frame = pd.DataFrame(
-        {
-            "image_id": rows["image_id"].to_numpy(),
-            "path": rows["path"].to_numpy(),
-            "label": rows["label"].to_numpy(),
-            "prediction": [classes[i] for i in predicted],
-            "confidence": p.max(1),
-            "loss": image_losses(y_true, p),
-        }
+def _evaluate_detector(params: Params) -> DetectEvaluateResult:
+    """Predict the held-out split with models/detector.pt; write metrics, plot data and boxes."""
+    from stages.dataprep.imaging import load_rgb
+    from stages.engine.yolo.trainer import load_detector, predict_boxes
+    from stages.metrics import detection
+
+    started = time.perf_counter()
+    layout = Layout(params.paths)
+    model, meta = load_detector(layout.detector)
+    classes: list[str] = meta.get("classes") or [model.names[i] for i in sorted(model.names)]
+    conf = float(meta.get("conf", params.train.detector.conf))
+    frame = read_parquet(layout.manifest).merge(
+        read_parquet(layout.splits), on="image_id", suffixes=("_source", "")
     )
-    for i, name in enumerate(classes):
-        frame[f"score_{name}"] = p[:, i]
-    return frame
+    split = params.evaluate.split
+    rows = frame[frame["split"] == split].sort_values("image_id").reset_index(drop=True)
+    if rows.empty:
+        raise UserError(f"the {split} split is empty; set split.fractions so it gets images.")
+    all_boxes = read_parquet(layout.boxes)
+    boxes = all_boxes[all_boxes["image_id"].isin(set(rows["image_id"]))]
+    truths = detection.truth_arrays(rows, boxes, classes)
+    images = [np.asarray(load_rgb(params.data.source / p)) for p in rows["path"]]
+    predictions = predict_boxes(model, images, int(meta.get("image_size", 640)), params.train.device)
+    log.info("phase predict: %d images (%.1f s)", len(images), time.perf_counter() - started)
 
+    phase = time.perf_counter()
+    matches = detection.match_all(truths, predictions, classes)
+    reference = detection.torchmetrics_map(truths, predictions)
+    ours = {k: float(v[0]) for k, v in detection.numpy_map(matches).items()}
+    if any(abs(reference[k] - ours[k]) > 1e-4 for k in reference):
+        log.warning("mAP from the bootstrap code %s differs from torchmetrics %s", ours, reference)
+    at = detection.precision_recall_at(matches, conf)
+    metrics: dict = {
+        "task": "detect",
+        "map50": round(reference["map50"], 6),
+        "map50_95": round(reference["map50_95"], 6),
+        "precision": round(float(at["precision"][0]), 6),
+        "recall": round(float(at["recall"][0]), 6),
+        "split": split,
+        "images": len(rows),
+        "split_hash": split_hash(rows, boxes),
+        # precision, recall, the confusion matrix and the box outcomes are all at this score
+        "confidence_threshold": conf,
+    }
+    cfg = params.evaluate
+    if cfg.bootstrap:
+        for name, (low, high) in detection.bootstrap(
+            matches, conf, cfg.bootstrap, cfg.confidence, params.base.seed
+        ).items():
+            metrics[f"{name}_ci_low"] = round(low, 6)
+            metrics[f"{name}_ci_high"] = round(high, 6)
+    log.info(
+        "phase metrics: precision/recall at confidence %.2f, %d bootstrap resamples (%.1f s)",
+        conf,
+        cfg.bootstrap,
+        time.perf_counter() - phase,
+    )
 
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
-
-
-def write_confusion(predictions: pd.DataFrame, path: Path) -> None:
-    """Rows of {actual, predicted} for DVC's ``confusion`` plot template."""
-    rows = [
-        {"actual": a, "predicted": p}
-        for a, p in zip(predictions["label"], predictions["prediction"], strict=True)
-    ]
-    write_json(rows, path)
+    table = detection.predictions_table(rows, truths, predictions, classes, conf)
+    write_json(metrics, layout.metrics)
+    write_parquet(table, layout.predictions)
+    write_json(detection.per_class_rows(matches, conf), layout.plots_dir / "per_class.json")
+    write_json(detection.pr_curve_rows(matches), layout.plots_dir / "pr_curve.json")
+    write_json(detection.f1_confidence_rows(matches), layout.plots_dir / "f1_confidence.json")
+    write_json(
+        detection.confusion_rows(truths, predictions, classes, conf), layout.plots_dir / "confusion.json"
+    )
+    # dvc.yaml declares one plot set for both tasks; an empty ROC file keeps `dvc plots` quiet.
+    write_json([], layout.plots_dir / "roc.json")
+    return DetectEvaluateResult(metrics, table)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import stages  # noqa: F401  (applies the offline environment before anything else)
-from stages.params import Params, parse_params
+from stages.core.params import Params, parse_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,18 +12,20 @@ import pandas as pd
 import pytest
 
 from stages import augment
-from stages.errors import ParamsError
-from stages.imaging import load_rgb
-from stages.layout import Layout
-from stages.manifest import manifest_frame, read_parquet, write_parquet
-from stages.params import AugmentSection, BboxSection, TransformSpec
+from stages.core.contracts import manifest_frame, read_parquet, write_parquet
+from stages.core.errors import ParamsError
+from stages.core.layout import Layout
+from stages.core.params import AugmentSection, BboxSection, TransformSpec
+from stages.dataprep import augmentation
+from stages.dataprep.imaging import load_rgb
+from stages.reporting import previews
 from tests.conftest import fast_params, write_image
 
 BOXES = np.array([[10.0, 20.0, 50.0, 60.0], [150.0, 10.0, 190.0, 90.0]])  # on a 200 x 100 image
 
 
 def _detect_policy(*transforms: A.BasicTransform, **bbox: float) -> A.Compose:
-    return A.Compose(list(transforms), bbox_params=augment.bbox_params(BboxSection(**bbox)), seed=0)
+    return A.Compose(list(transforms), bbox_params=augmentation.bbox_params(BboxSection(**bbox)), seed=0)
 
 
 def _marked_image(boxes: np.ndarray, shape: tuple[int, int] = (100, 200)) -> np.ndarray:
@@ -43,18 +45,18 @@ def _white_extent(image: np.ndarray) -> list[float]:
 
 
 @pytest.mark.parametrize("task", ["classify", "detect"])
-@pytest.mark.parametrize("preset", sorted(augment.PRESETS))
+@pytest.mark.parametrize("preset", sorted(augmentation.PRESETS))
 def test_every_preset_builds_for_both_tasks_without_vertical_flip(preset: str, task: str) -> None:
-    policy = augment.build_policy(AugmentSection(preset=preset), seed=0, task=task)
+    policy = augmentation.build_policy(AugmentSection(preset=preset), seed=0, task=task)
     names = [type(t).__name__ for t in policy.transforms]
     assert "VerticalFlip" not in names
-    assert len(names) == len(augment.PRESETS[preset])
+    assert len(names) == len(augmentation.PRESETS[preset])
     assert ("bboxes" in policy.processors) == (task == "detect")
 
 
 def test_detection_policy_carries_the_box_rules_from_params() -> None:
     section = AugmentSection(bbox=BboxSection(min_visibility=0.4, min_area=9))
-    rules = augment.build_policy(section, seed=0, task="detect").processors["bboxes"].params
+    rules = augmentation.build_policy(section, seed=0, task="detect").processors["bboxes"].params
     assert (rules.format, rules.label_fields) == ("pascal_voc", ["class_labels"])
     assert (rules.min_visibility, rules.min_area, rules.clip) == (0.4, 9, True)
 
@@ -63,7 +65,7 @@ def test_explicit_transforms_replace_the_preset() -> None:
     section = AugmentSection(
         preset="heavy", transforms=(TransformSpec(name="HorizontalFlip", params={"p": 1.0}),)
     )
-    policy = augment.build_policy(section, seed=0)
+    policy = augmentation.build_policy(section, seed=0)
     image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
     assert [type(t).__name__ for t in policy.transforms] == ["HorizontalFlip"]
     np.testing.assert_array_equal(policy(image=image)["image"], image[:, ::-1])
@@ -74,10 +76,10 @@ def test_an_explicit_list_may_nest_a_one_of() -> None:
         name="OneOf",
         params={"transforms": [{"name": "InvertImg"}, {"name": "ToGray", "params": {"p": 1}}], "p": 1.0},
     )
-    policy = augment.build_policy(AugmentSection(transforms=(spec,)), seed=0)
+    policy = augmentation.build_policy(AugmentSection(transforms=(spec,)), seed=0)
     assert [type(t).__name__ for t in policy.transforms[0].transforms] == ["InvertImg", "ToGray"]
     image = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    assert not np.array_equal(augment.augment_image(policy, image, 1), image)
+    assert not np.array_equal(augmentation.augment_image(policy, image, 1), image)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,7 @@ def test_an_explicit_list_may_nest_a_one_of() -> None:
 )
 def test_bad_transform_is_one_sentence_naming_it_and_the_version(spec, task, fragment) -> None:
     with pytest.raises(ParamsError) as caught:
-        augment.build_policy(AugmentSection(transforms=(spec,)), seed=0, task=task)
+        augmentation.build_policy(AugmentSection(transforms=(spec,)), seed=0, task=task)
     message = str(caught.value)
     assert fragment in message
     assert "\n" not in message
@@ -109,7 +111,7 @@ def test_bad_transform_is_one_sentence_naming_it_and_the_version(spec, task, fra
 
 def test_overlay_elements_is_fine_for_classification() -> None:
     section = AugmentSection(transforms=(TransformSpec(name="OverlayElements"),))
-    assert augment.build_policy(section, seed=0, task="classify").transforms
+    assert augmentation.build_policy(section, seed=0, task="classify").transforms
 
 
 # ---- round trip and seeding ----------------------------------------------------------------------
@@ -117,30 +119,30 @@ def test_overlay_elements_is_fine_for_classification() -> None:
 
 @pytest.mark.parametrize("preset", ["default", "heavy"])
 def test_policy_round_trip_params_to_file_to_policy_gives_the_same_views(preset: str, tmp_path: Path) -> None:
-    policy = augment.build_policy(AugmentSection(preset=preset), seed=7)
+    policy = augmentation.build_policy(AugmentSection(preset=preset), seed=7)
     file = tmp_path / "policy.json"
     A.save(policy, str(file), data_format="json")
-    loaded = augment.load_policy(file)
+    loaded = augmentation.load_policy(file)
     image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     for seed in (1, 2, 3):
         np.testing.assert_array_equal(
-            augment.augment_image(policy, image, seed), augment.augment_image(loaded, image, seed)
+            augmentation.augment_image(policy, image, seed), augmentation.augment_image(loaded, image, seed)
         )
-    views = {augment.augment_image(policy, image, s).tobytes() for s in range(8)}
+    views = {augmentation.augment_image(policy, image, s).tobytes() for s in range(8)}
     assert len(views) > 1  # the seed really changes the view
 
 
 def test_detection_round_trip_keeps_boxes_and_rules(tmp_path: Path) -> None:
     section = AugmentSection(preset="heavy", bbox=BboxSection(min_visibility=0.3, min_area=10))
-    policy = augment.build_policy(section, seed=3, task="detect")
+    policy = augmentation.build_policy(section, seed=3, task="detect")
     A.save(policy, str(tmp_path / "policy.json"), data_format="json")
-    loaded = augment.load_policy(tmp_path / "policy.json")
+    loaded = augmentation.load_policy(tmp_path / "policy.json")
     assert loaded.processors["bboxes"].params.min_visibility == 0.3
     assert loaded.processors["bboxes"].params.min_area == 10
     image = np.random.default_rng(1).integers(0, 255, (100, 200, 3), dtype=np.uint8)
     for seed in range(5):
-        first = augment.augment_sample(policy, image, BOXES, ["a", "b"], seed)
-        second = augment.augment_sample(loaded, image, BOXES, ["a", "b"], seed)
+        first = augmentation.augment_sample(policy, image, BOXES, ["a", "b"], seed)
+        second = augmentation.augment_sample(loaded, image, BOXES, ["a", "b"], seed)
         np.testing.assert_array_equal(first[0], second[0])
         np.testing.assert_array_equal(first[1], second[1])
         assert first[2] == second[2]
@@ -154,7 +156,7 @@ def test_transforms_draw_independently_for_each_seed() -> None:
             TransformSpec(name="InvertImg", params={"p": 0.5}),
         )
     )
-    policy = augment.build_policy(section, seed=0)
+    policy = augmentation.build_policy(section, seed=0)
     image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
     states = {
         (False, False): image,
@@ -164,18 +166,18 @@ def test_transforms_draw_independently_for_each_seed() -> None:
     }
     counts = dict.fromkeys(states, 0)
     for seed in range(400):
-        out = augment.augment_image(policy, image, seed)
+        out = augmentation.augment_image(policy, image, seed)
         counts[next(k for k, v in states.items() if np.array_equal(out, v))] += 1
     assert all(60 <= n <= 140 for n in counts.values()), counts  # about 100 each
 
 
 def test_augment_image_on_a_detection_policy_matches_augment_sample() -> None:
     """The classifier-style call and the box-aware call see the same geometry for one seed."""
-    policy = augment.build_policy(AugmentSection(preset="heavy"), seed=0, task="detect")
+    policy = augmentation.build_policy(AugmentSection(preset="heavy"), seed=0, task="detect")
     image = np.random.default_rng(2).integers(0, 255, (100, 200, 3), dtype=np.uint8)
     for seed in range(4):
-        alone = augment.augment_image(policy, image, seed)
-        with_boxes, _, _ = augment.augment_sample(policy, image, BOXES, ["a", "b"], seed)
+        alone = augmentation.augment_image(policy, image, seed)
+        with_boxes, _, _ = augmentation.augment_sample(policy, image, BOXES, ["a", "b"], seed)
         np.testing.assert_array_equal(alone, with_boxes)
 
 
@@ -184,7 +186,7 @@ def test_augment_image_on_a_detection_policy_matches_augment_sample() -> None:
 
 def test_horizontal_flip_moves_a_box_to_width_minus_x() -> None:
     policy = _detect_policy(A.HorizontalFlip(p=1))
-    out, boxes, labels = augment.augment_sample(policy, _marked_image(BOXES), BOXES, ["a", "b"], seed=0)
+    out, boxes, labels = augmentation.augment_sample(policy, _marked_image(BOXES), BOXES, ["a", "b"], seed=0)
     width = 200
     expected = np.stack([width - BOXES[:, 2], BOXES[:, 1], width - BOXES[:, 0], BOXES[:, 3]], axis=1)
     np.testing.assert_allclose(boxes, expected, atol=1e-3)
@@ -194,14 +196,14 @@ def test_horizontal_flip_moves_a_box_to_width_minus_x() -> None:
 
 def test_a_box_partly_outside_the_input_is_clipped_before_flipping() -> None:
     policy = _detect_policy(A.HorizontalFlip(p=1))
-    _, boxes, _ = augment.augment_sample(policy, _marked_image(BOXES), [[-10, 5, 30, 40]], ["a"], seed=0)
+    _, boxes, _ = augmentation.augment_sample(policy, _marked_image(BOXES), [[-10, 5, 30, 40]], ["a"], seed=0)
     np.testing.assert_allclose(boxes, [[170, 5, 200, 40]], atol=1e-3)
 
 
 def test_crop_keeps_inside_boxes_clips_partial_ones_and_drops_those_that_left() -> None:
     boxes = np.array([[10, 20, 50, 60], [100, 10, 140, 90], [150, 10, 190, 90]], dtype=float)
     policy = _detect_policy(A.Crop(x_min=0, y_min=0, x_max=120, y_max=100, p=1), min_visibility=0.3)
-    out, moved, labels = augment.augment_sample(
+    out, moved, labels = augmentation.augment_sample(
         policy, _marked_image(boxes), boxes, ["inside", "half", "outside"], seed=0
     )
     assert out.shape == (100, 120, 3)
@@ -214,14 +216,14 @@ def test_min_visibility_drops_mostly_hidden_boxes(min_visibility: float, kept: l
     # After cropping at x = 120, the second box keeps 10 of its 40 px width: 25 % visible.
     boxes = np.array([[10, 20, 50, 60], [110, 10, 150, 90]], dtype=float)
     policy = _detect_policy(A.Crop(x_max=120, y_max=100, p=1), min_visibility=min_visibility)
-    _, _, labels = augment.augment_sample(policy, _marked_image(boxes), boxes, ["visible", "hidden"], 0)
+    _, _, labels = augmentation.augment_sample(policy, _marked_image(boxes), boxes, ["visible", "hidden"], 0)
     assert labels == kept
 
 
 def test_min_area_drops_boxes_that_shrink_below_it() -> None:
     boxes = np.array([[10, 20, 50, 60], [116, 10, 130, 90]], dtype=float)  # 4 x 80 px survive the crop
     policy = _detect_policy(A.Crop(x_max=120, y_max=100, p=1), min_area=400)
-    _, moved, labels = augment.augment_sample(policy, _marked_image(boxes), boxes, ["big", "sliver"], 0)
+    _, moved, labels = augmentation.augment_sample(policy, _marked_image(boxes), boxes, ["big", "sliver"], 0)
     assert labels == ["big"] and moved.shape == (1, 4)
 
 
@@ -229,7 +231,7 @@ def test_affine_rotation_by_90_degrees_maps_the_box_counter_clockwise() -> None:
     boxes = np.array([[10.0, 20.0, 30.0, 60.0]])
     image = _marked_image(boxes, shape=(100, 100))
     policy = _detect_policy(A.Affine(rotate=(90, 90), p=1))
-    out, moved, _ = augment.augment_sample(policy, image, boxes, ["a"], seed=0)
+    out, moved, _ = augmentation.augment_sample(policy, image, boxes, ["a"], seed=0)
     # (x, y) -> (y, W - x): the box's top edge becomes its left edge.
     np.testing.assert_allclose(moved, [[20, 70, 60, 90]], atol=1.0)
     np.testing.assert_allclose(moved[0], _white_extent(out), atol=1.0)
@@ -239,16 +241,16 @@ def test_affine_rotation_by_90_degrees_maps_the_box_counter_clockwise() -> None:
 def test_random_rotate90_boxes_follow_the_pixels(seed: int) -> None:
     image = _marked_image(BOXES[:1])
     policy = _detect_policy(A.RandomRotate90(p=1))
-    out, moved, _ = augment.augment_sample(policy, image, BOXES[:1], ["a"], seed=seed)
+    out, moved, _ = augmentation.augment_sample(policy, image, BOXES[:1], ["a"], seed=seed)
     np.testing.assert_allclose(moved[0], _white_extent(out), atol=1.0)
 
 
 @pytest.mark.parametrize("preset", ["default", "heavy"])
 def test_preset_boxes_stay_inside_the_frame_and_labels_stay_in_step(preset: str) -> None:
-    policy = augment.build_policy(AugmentSection(preset=preset), seed=0, task="detect")
+    policy = augmentation.build_policy(AugmentSection(preset=preset), seed=0, task="detect")
     image = _marked_image(BOXES)
     for seed in range(20):
-        out, moved, labels = augment.augment_sample(policy, image, BOXES, ["a", "b"], seed)
+        out, moved, labels = augmentation.augment_sample(policy, image, BOXES, ["a", "b"], seed)
         height, width = out.shape[:2]
         assert len(moved) == len(labels) and set(labels) <= {"a", "b"}
         assert (
@@ -258,9 +260,9 @@ def test_preset_boxes_stay_inside_the_frame_and_labels_stay_in_step(preset: str)
 
 
 def test_augment_sample_refuses_a_policy_without_box_rules() -> None:
-    policy = augment.build_policy(AugmentSection(preset="light"), seed=0, task="classify")
+    policy = augmentation.build_policy(AugmentSection(preset="light"), seed=0, task="classify")
     with pytest.raises(ValueError, match="detection policy"):
-        augment.augment_sample(policy, _marked_image(BOXES), BOXES, ["a", "b"], seed=0)
+        augmentation.augment_sample(policy, _marked_image(BOXES), BOXES, ["a", "b"], seed=0)
 
 
 # ---- the stage ------------------------------------------------------------------------------------
@@ -285,14 +287,14 @@ def test_detection_stage_saves_a_box_aware_policy_and_draws_boxes_in_the_preview
     write_parquet(pd.DataFrame(splits), layout.splits)
     write_parquet(pd.DataFrame(boxes), layout.boxes)
     drawn: list[int] = []
-    real_draw = augment._draw_boxes
+    real_draw = previews._draw_boxes
     monkeypatch.setattr(
-        augment, "_draw_boxes", lambda ax, c, n, k: (drawn.append(len(n)), real_draw(ax, c, n, k))
+        previews, "_draw_boxes", lambda ax, c, n, k: (drawn.append(len(n)), real_draw(ax, c, n, k))
     )
 
     result = augment.run(params)
 
-    policy = augment.load_policy(result.policy_file)
+    policy = augmentation.load_policy(result.policy_file)
     assert policy.processors["bboxes"].params.min_visibility == params.augment.bbox.min_visibility
     assert result.preview_file is not None and result.preview_file.stat().st_size > 5000
     assert len(drawn) == 3 * (1 + 2)  # 3 training images x (original + 2 views), boxes on each panel

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.detect_evaluate import (
+from stages.core.contracts import DETECTION_PREDICTION_COLUMNS
+from stages.metrics.detection import (
     bootstrap,
     confusion_rows,
     match_all,
@@ -24,7 +25,6 @@ from stages.detect_evaluate import (
     predictions_table,
     torchmetrics_map,
 )
-from stages.manifest import DETECTION_PREDICTION_COLUMNS
 from tests.conftest import REPO_ROOT
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages.offline import OFFLINE_ENV
+from stages.core.offline import OFFLINE_ENV
 from tests.conftest import REPO_ROOT
 
 LIBRARIES = [

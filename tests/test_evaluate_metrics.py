@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import log_loss
 
-from stages import classify_metrics as cm
+from stages.metrics import classification as cm
 
 # 4 images, 2 classes: predictions [0, 1, 1, 1] against labels [0, 0, 1, 1].
 Y4 = np.array([0, 0, 1, 1])

@@ -11,11 +11,11 @@ import pytest
 
 import stages.ingest
 import stages.validate
-from stages import expectations
-from stages.errors import DataError, ParamsError
-from stages.layout import Layout
-from stages.manifest import boxes_frame, manifest_frame
-from stages.params import ValidateSection, parse_params
+from stages.core.contracts import boxes_frame, manifest_frame
+from stages.core.errors import DataError, ParamsError
+from stages.core.layout import Layout
+from stages.core.params import ValidateSection, parse_params
+from stages.dataprep import checks as expectations
 from tests.conftest import (
     detect_params,
     fast_params,

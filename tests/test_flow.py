@@ -43,8 +43,8 @@ from pipelines.flow import (
     parse_override,
     training_pipeline,
 )
-from stages.errors import DataError, ParamsError
-from stages.params import parse_params, with_overrides
+from stages.core.errors import DataError, ParamsError
+from stages.core.params import parse_params, with_overrides
 from tests.conftest import REPO_ROOT, make_classify_source
 
 GIT_ENV = {

@@ -11,7 +11,7 @@ import pytest
 
 import stages.ingest
 import stages.validate
-from stages.errors import DataError
+from stages.core.errors import DataError
 from tests.conftest import (
     DETECT_SPEC,
     detect_params,

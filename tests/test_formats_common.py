@@ -15,9 +15,10 @@ from PIL import Image
 
 import stages.ingest
 import stages.validate
-from stages.errors import DataError
-from stages.layout import Layout
-from stages.manifest import BOX_COLUMNS, QUARANTINE_COLUMNS, read_parquet
+from stages.core.contracts import BOX_COLUMNS, QUARANTINE_COLUMNS, read_parquet
+from stages.core.errors import DataError
+from stages.core.layout import Layout
+from stages.dataprep import importing
 from tests.conftest import (
     DETECT_CLASSES,
     DETECT_SPEC,
@@ -108,7 +109,7 @@ def _exif_image(
 
 def _white_block(path: Path) -> tuple[int, int, int, int]:
     """Where the white block is in the displayed (EXIF-transposed) image."""
-    from stages.imaging import load_rgb
+    from stages.dataprep.imaging import load_rgb
 
     ys, xs = np.nonzero(np.asarray(load_rgb(path))[..., 0] > 128)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
@@ -209,8 +210,8 @@ def test_annotation_paths_that_leave_the_source_are_never_opened(
         for i, (name, size, boxes) in enumerate(spec):
             (source / "Annotations" / f"{i}.xml").write_text(voc_xml(name, size, boxes), encoding="utf-8")
     opened: list[Path] = []
-    real = stages.ingest.read_header
-    monkeypatch.setattr(stages.ingest, "read_header", lambda p: opened.append(Path(p).resolve()) or real(p))
+    real = importing.read_header
+    monkeypatch.setattr(importing, "read_header", lambda p: opened.append(Path(p).resolve()) or real(p))
 
     result = stages.ingest.run(detect_params(tmp_path, source))
     assert [p.rsplit("/", 1)[-1] for p in result.manifest["path"]] == ["ok.png"]
@@ -301,7 +302,7 @@ def test_auto_detection_finds_every_layout(tmp_path: Path, layout: str, fmt: str
             write_yolo(source / split, spec=part, names_file="classes.txt")
             (source / split / "classes.txt").unlink()
         (source / "data.yaml").write_text("names: [bird, cat]\nnc: 2\n", encoding="utf-8")
-    with caplog.at_level(logging.INFO, logger="stages.formats"):
+    with caplog.at_level(logging.INFO, logger="stages.dataprep.formats"):
         result = stages.ingest.run(detect_params(tmp_path, source))
     assert result.format == fmt
     assert f"as '{fmt}'" in caplog.text  # the choice and its evidence are logged

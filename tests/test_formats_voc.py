@@ -8,8 +8,8 @@ import pytest
 
 import stages.ingest
 import stages.validate
-from stages.layout import Layout
-from stages.manifest import read_parquet
+from stages.core.contracts import read_parquet
+from stages.core.layout import Layout
 from tests.conftest import detect_params, guard_sources, voc_xml, write_image, write_voc
 
 

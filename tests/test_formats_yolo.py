@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import stages.ingest
-from stages.errors import DataError
+from stages.core.errors import DataError
 from tests.conftest import DETECT_CLASSES, detect_params, guard_sources, write_yolo
 
 

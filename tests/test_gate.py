@@ -19,8 +19,8 @@ import yaml
 
 import pipelines.gate
 from pipelines.gate import CANNOT_COMPARE, CRASHED, PASS, REGRESSION, Rule, judge, main
-from stages.errors import ParamsError
-from stages.params import parse_params
+from stages.core.errors import ParamsError
+from stages.core.params import parse_params
 
 BASELINE: dict[str, Any] = {
     "accuracy": 0.9,
@@ -408,7 +408,7 @@ def test_metrics_kept_in_the_dvc_cache_are_read_at_the_base(tmp_path, monkeypatc
 
 
 def test_the_repository_params_file_documents_the_defaults() -> None:
-    from stages.params import GateSection, load_params
+    from stages.core.params import GateSection, load_params
     from tests.conftest import REPO_ROOT
 
     assert load_params(REPO_ROOT / "params.yaml").gate == GateSection()

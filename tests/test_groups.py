@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.errors import DataError, ParamsError
-from stages.groups import assign_groups, match_paths
-from stages.params import GroupSection
+from stages.core.errors import DataError, ParamsError
+from stages.core.params import GroupSection
+from stages.dataprep.groups import assign_groups, match_paths
 
 PATHS = [
     "cup/cup1/cup1-000.png",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.imaging import ImageReadError, load_rgb, read_header
+from stages.dataprep.imaging import ImageReadError, load_rgb, read_header
 from tests.conftest import write_image
 
 ORIENTATION = 0x0112
@@ -221,7 +221,7 @@ def test_png_with_an_exif_orientation_before_the_pixels_is_honoured(tmp_path: Pa
 def test_orient_box_matches_exif_transpose_for_every_orientation(tmp_path: Path, orientation: int) -> None:
     from PIL import ImageOps
 
-    from stages.imaging import orient_box
+    from stages.dataprep.imaging import orient_box
 
     stored, box = (60, 40), (10, 5, 25, 30)
     pixels = np.zeros((stored[1], stored[0]), dtype="uint8")

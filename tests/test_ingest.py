@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 import stages.ingest
-from stages.errors import DataError, UserError
-from stages.layout import Layout
-from stages.manifest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, read_parquet
+from stages.core.contracts import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, read_parquet
+from stages.core.errors import DataError, UserError
+from stages.core.layout import Layout
+from stages.dataprep import importing
 from tests.conftest import fast_params, guard_sources, make_classify_source, tree_digest, write_image
 
 
@@ -191,13 +192,11 @@ def test_symlink_pointing_outside_the_source_is_quarantined_unopened(
         pytest.skip("symlinks are not available here")
 
     opened: list[Path] = []
-    real_header, real_sha = stages.ingest.read_header, stages.ingest.sha256_file
+    real_header, real_sha = importing.read_header, importing.sha256_file
     monkeypatch.setattr(
-        stages.ingest, "read_header", lambda p: opened.append(Path(p).resolve()) or real_header(p)
+        importing, "read_header", lambda p: opened.append(Path(p).resolve()) or real_header(p)
     )
-    monkeypatch.setattr(
-        stages.ingest, "sha256_file", lambda p: opened.append(Path(p).resolve()) or real_sha(p)
-    )
+    monkeypatch.setattr(importing, "sha256_file", lambda p: opened.append(Path(p).resolve()) or real_sha(p))
 
     result = _ingest(tmp_path, source)
     assert _reasons(result) == {"cat/link.png": "outside_source"}

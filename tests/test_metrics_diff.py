@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow  # two `dvc repro` runs in a fresh repository (abo
 SCRIPT = """
 import numpy as np, yaml
 from pathlib import Path
-from stages.classify_metrics import Options, curves, summarise
-from stages.manifest import write_json
+from stages.metrics.classification import Options, curves, summarise
+from stages.core.contracts import write_json
 
 params = yaml.safe_load(Path("params.yaml").read_text())
 rng = np.random.default_rng(0)

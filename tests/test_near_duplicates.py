@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.errors import DataError
-from stages.imaging import sha256_file
-from stages.near_duplicates import (
+from stages.core.errors import DataError
+from stages.dataprep.imaging import sha256_file
+from stages.dataprep.near_duplicates import (
     ChunkPlan,
     all_pairs,
     compute_hashes,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.errors import ParamsError
-from stages.params import load_params, parse_params
+from stages.core.errors import ParamsError
+from stages.core.params import load_params, parse_params
 from tests.conftest import REPO_ROOT
 
 

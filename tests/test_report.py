@@ -18,14 +18,14 @@ from PIL import Image
 
 from bench import render_report
 from stages import evaluate, ingest, report, split, validate
-from stages.layout import Layout
-from stages.manifest import (
+from stages.core.contracts import (
     DETECTION_PREDICTION_COLUMNS,
     read_classes,
     read_parquet,
     write_json,
     write_parquet,
 )
+from stages.core.layout import Layout
 from tests.conftest import detect_params, fast_params, make_classify_source, write_image, write_voc
 
 CLASSIFY_SECTIONS = ("Headline", "Data", "Model", "Per class", "Errors", "Curves", "Training")

@@ -13,14 +13,13 @@ import pytest
 from PIL import Image
 
 from stages import ingest, split, validate
-from stages.errors import DataError
-from stages.layout import Layout
-from stages.params import SplitSection
-from stages.split import (
+from stages.core.errors import DataError
+from stages.core.layout import Layout
+from stages.core.params import SplitSection
+from stages.dataprep.leakage import audit_leakage, audit_splits
+from stages.dataprep.splitting import (
     allocate_folds,
     assign_splits,
-    audit_leakage,
-    audit_splits,
     class_membership,
     fold_count,
     stratum_labels,

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from stages.manifest import split_hash
+from stages.core.contracts import split_hash
 
 
 def _images(shas, labels):

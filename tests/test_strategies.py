@@ -17,13 +17,20 @@ import torch
 import yaml
 
 from stages import augment, evaluate, ingest, split, train, validate
-from stages.backbones import create_classifier, head_parameter_names, layer_ids
-from stages.datasets import EpochSampler
-from stages.errors import UserError
-from stages.finetune import apply_freeze, body_block_count, param_groups, set_train_mode, trainable_blocks
-from stages.layout import Layout
-from stages.params import TrainSection
-from stages.schedule import lr_factor, set_lrs
+from stages.core.errors import UserError
+from stages.core.layout import Layout
+from stages.core.params import TrainSection
+from stages.dataprep.torch_datasets import EpochSampler
+from stages.engine import classifier, device
+from stages.engine.schedule import lr_factor, set_lrs
+from stages.engine.strategies import (
+    apply_freeze,
+    body_block_count,
+    param_groups,
+    set_train_mode,
+    trainable_blocks,
+)
+from stages.models.backbones import create_classifier, head_parameter_names, layer_ids
 from tests.conftest import REPO_ROOT, fast_params
 
 
@@ -135,7 +142,7 @@ def test_torchvision_models_get_the_same_surgery() -> None:
 
 def test_class_balanced_sampler_draws_minority_as_often() -> None:
     targets = torch.tensor([0] * 90 + [1] * 10)
-    weights = train.class_weights(targets.numpy(), 2)[targets]
+    weights = classifier.class_weights(targets.numpy(), 2)[targets]
     sampler = EpochSampler(100, seed=0, weights=weights)
     drawn = torch.tensor([targets[i] for i, _ in sampler])
     assert 0.35 < drawn.float().mean() < 0.65
@@ -195,7 +202,7 @@ def test_cuda_device_without_gpu_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(UserError, match="no CUDA GPU"):
-        train.resolve_device("cuda:0")
+        device.resolve_device("cuda:0")
 
 
 def _write_params(tmp_path: Path, source: Path, **train_overrides) -> Path:

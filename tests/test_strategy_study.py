@@ -6,7 +6,7 @@ import pytest
 
 from pipelines import strategy_study
 from stages import augment, ingest, split, validate
-from stages.errors import UserError
+from stages.core.errors import UserError
 from tests.conftest import fast_params
 
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from stages import augment, evaluate, ingest, report, split, train, validate
-from stages.errors import UserError
-from stages.layout import Layout
-from stages.params import EvaluateSection
+from stages.core.errors import UserError
+from stages.core.layout import Layout
+from stages.core.params import EvaluateSection
+from stages.metrics import classification
+from stages.models import checkpoints
 from tests.conftest import fast_params, tree_digest
 
 
@@ -33,7 +35,7 @@ def test_linear_probe_learns_and_checkpoint_reloads(trained) -> None:
     params, result = trained
     layout = Layout(params.paths)
     assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.75
-    model, meta = train.load_checkpoint(layout.classifier)
+    model, meta = checkpoints.load_checkpoint(layout.classifier)
     assert meta["classes"] == ["cat", "dog"]
     assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]  # the offline weights' normalisation
     assert model.preprocessing.input_size == 64
@@ -87,11 +89,11 @@ def test_bootstrap_interval_is_seeded_and_narrows_with_more_data() -> None:
     small_pred = np.where(rng.random(40) < 0.8, small_true, 1 - small_true)
     big_true = np.tile(small_true, 10)
     big_pred = np.tile(small_pred, 10)
-    options = evaluate.Options(resamples=section.bootstrap, confidence=section.confidence, seed=3)
+    options = classification.Options(resamples=section.bootstrap, confidence=section.confidence, seed=3)
     small_scores, big_scores = np.eye(2)[small_pred] * 0.8 + 0.1, np.eye(2)[big_pred] * 0.8 + 0.1
-    first = evaluate.compute_metrics(small_true, small_scores, options)
-    assert first == evaluate.compute_metrics(small_true, small_scores, options)
-    big = evaluate.compute_metrics(big_true, big_scores, options)
+    first = classification.compute_metrics(small_true, small_scores, options)
+    assert first == classification.compute_metrics(small_true, small_scores, options)
+    big = classification.compute_metrics(big_true, big_scores, options)
     width = lambda m: m["accuracy_ci_high"] - m["accuracy_ci_low"]  # noqa: E731
     assert width(big) < width(first)
 
@@ -104,7 +106,7 @@ def test_detection_task_before_its_inputs_exist_names_them(tmp_path, classify_so
 
 
 def test_unknown_backbone_and_missing_offline_weights(tmp_path: Path) -> None:
-    from stages.backbones import create_classifier
+    from stages.models.backbones import create_classifier
 
     with pytest.raises(UserError, match="not a timm model"):
         create_classifier("resnet_nonexistent", "none", 2)

@@ -14,8 +14,8 @@ import yaml
 from pipelines import tune
 from pipelines.trials import params_dict
 from stages import augment, ingest, split, train, validate
-from stages.errors import ParamsError, UserError
-from stages.params import Params, load_params, parse_params
+from stages.core.errors import ParamsError, UserError
+from stages.core.params import Params, load_params, parse_params
 from tests.conftest import REPO_ROOT, fast_params, make_classify_source
 
 TUNE_CLI = [sys.executable, "-m", "pipelines.tune"]

@@ -13,9 +13,10 @@ from PIL import Image
 
 import stages.ingest
 import stages.validate
-from stages.layout import Layout
-from stages.manifest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, read_parquet
-from stages.params import Params
+from stages.core.contracts import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, read_parquet
+from stages.core.layout import Layout
+from stages.core.params import Params
+from stages.dataprep import integrity
 from tests.conftest import fast_params, guard_sources, make_classify_source, write_image
 
 
@@ -43,13 +44,13 @@ def _reasons(result: stages.validate.ValidateResult) -> dict[str, str]:
 
 def _count_inspections(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
-    real = stages.validate.inspect_image
+    real = stages.dataprep.integrity.inspect_image
 
-    def counting(path: Path, max_pixels: int) -> stages.validate.IntegrityFacts:
+    def counting(path: Path, max_pixels: int) -> stages.dataprep.integrity.IntegrityFacts:
         calls.append(Path(path))
         return real(path, max_pixels)
 
-    monkeypatch.setattr(stages.validate, "inspect_image", counting)
+    monkeypatch.setattr(integrity, "inspect_image", counting)
     return calls
 
 
@@ -72,13 +73,13 @@ def test_oversized_image_is_refused_before_decoding(tmp_path: Path, monkeypatch:
     write_image(source / "dog" / "huge.png", seed=8, size=(100, 100))
 
     decoded: list[str] = []
-    real_load = stages.validate.load_rgb
+    real_load = integrity.load_rgb
 
     def recording_load(path: Path):
         decoded.append(Path(path).name)
         return real_load(path)
 
-    monkeypatch.setattr(stages.validate, "load_rgb", recording_load)
+    monkeypatch.setattr(integrity, "load_rgb", recording_load)
     _, result = _pipeline(tmp_path, source, validate={"max_pixels": 1000})
 
     assert _reasons(result) == {"dog/huge.png": "too_many_pixels"}
@@ -244,7 +245,7 @@ def test_parallel_decoding_matches_serial(tmp_path: Path, monkeypatch: pytest.Mo
             pools.append(kwargs.get("max_workers", args[0] if args else None))
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(stages.validate, "ProcessPoolExecutor", RecordingPool)
+    monkeypatch.setattr(integrity, "ProcessPoolExecutor", RecordingPool)
     _, serial = _pipeline(tmp_path / "serial", source, validate={"workers": 1})
     assert pools == []
     _, parallel = _pipeline(tmp_path / "parallel", source, validate={"workers": 2})

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages.augment import bbox_params, build_policy
-from stages.params import AugmentSection, BboxSection
+from stages.core.params import AugmentSection, BboxSection
+from stages.dataprep.augmentation import bbox_params, build_policy
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def ul() -> SimpleNamespace:
     from ultralytics.utils import IterableSimpleNamespace
     from ultralytics.utils.callbacks import get_default_callbacks
 
-    from stages import yolo_augment
+    from stages.engine.yolo import augment as yolo_augment
 
     return SimpleNamespace(
         DEFAULT_CFG=DEFAULT_CFG,

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.errors import UserError
-from stages.manifest import boxes_frame
-from stages.yolo_dataset import export_dataset, yolo_rows
+from stages.core.contracts import boxes_frame
+from stages.core.errors import UserError
+from stages.dataprep.yolo_export import export_dataset, yolo_rows
 from tests.conftest import tree_digest, write_image
 
 CLASSES = ["cat", "bird"]  # deliberately not sorted: the label index must follow this order

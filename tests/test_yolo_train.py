@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.errors import ParamsError, UserError
-from stages.layout import Layout
-from stages.params import DETECTOR_OWNED_KEYS, Params, parse_params, ultralytics_cfg_keys
+from stages.core.errors import ParamsError, UserError
+from stages.core.layout import Layout
+from stages.core.params import DETECTOR_OWNED_KEYS, Params, parse_params, ultralytics_cfg_keys
 from tests.conftest import REPO_ROOT, detect_params, write_voc
 
 # Ten 64 px images, one bright box each (two classes), so a split has every class.
@@ -93,7 +93,7 @@ def test_unknown_detector_key_names_the_allowed_ones(tmp_path: Path) -> None:
 def test_params_map_onto_ultralytics_arguments(tmp_path: Path) -> None:
     import albumentations as A
 
-    from stages.yolo_train import train_arguments
+    from stages.engine.yolo.trainer import train_arguments
 
     params = detect_params(
         tmp_path,
@@ -121,7 +121,7 @@ def test_params_map_onto_ultralytics_arguments(tmp_path: Path) -> None:
 
 
 def test_weights_resolve_offline_and_bare_names_are_refused(tmp_path: Path) -> None:
-    from stages.yolo_train import offline_checkpoint, resolve_weights
+    from stages.engine.yolo.trainer import offline_checkpoint, resolve_weights
 
     assert offline_checkpoint().is_file() and offline_checkpoint().name == "best.pt"
     assert resolve_weights("offline") == offline_checkpoint()
@@ -168,7 +168,7 @@ def network_blocked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_offline_training_with_the_network_blocked_then_a_rerun_reuses_it(prepared, network_blocked) -> None:
     from stages import train
-    from stages.yolo_train import META_KEY, load_detector
+    from stages.engine.yolo.trainer import META_KEY, load_detector
 
     params = _fresh(prepared, "offline")
     layout = Layout(params.paths)
@@ -210,7 +210,7 @@ def test_an_exception_from_the_epoch_callback_stops_training(prepared) -> None:
 KILL_SCRIPT = """
 import os, signal, sys
 import stages
-from stages.params import load_params
+from stages.core.params import load_params
 from stages import train
 
 def kill(epoch, metrics):
@@ -245,9 +245,9 @@ def test_a_killed_run_resumes_from_last_pt(prepared, tmp_path: Path) -> None:
 
 
 def test_fingerprint_changes_with_training_params_but_not_with_the_evaluation_confidence(prepared) -> None:
-    from stages.augment import load_policy
-    from stages.manifest import read_classes, read_parquet
-    from stages.yolo_train import run_fingerprint
+    from stages.core.contracts import read_classes, read_parquet
+    from stages.dataprep.augmentation import load_policy
+    from stages.engine.yolo.trainer import run_fingerprint
 
     def fingerprint(params: Params) -> str:
         layout = Layout(params.paths)
@@ -272,7 +272,12 @@ def test_amp_check_and_unicode_font_stay_local(tmp_path: Path) -> None:
     """On CUDA the AMP check loads WEIGHTS_DIR/yolo26n.pt (a download when missing): ours is local."""
     import ultralytics.utils as uu
 
-    from stages.yolo_train import amp_check_dir, offline_checkpoint, place_unicode_font, ultralytics_offline
+    from stages.engine.yolo.trainer import (
+        amp_check_dir,
+        offline_checkpoint,
+        place_unicode_font,
+        ultralytics_offline,
+    )
 
     layout = Layout(detect_params(tmp_path, tmp_path).paths)
     local = amp_check_dir(layout)

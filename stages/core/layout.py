@@ -1,0 +1,173 @@
+"""Where each stage's outputs live, derived from ``params.paths`` (dvc.yaml mirrors this).
+
+One source for file names, so stages, tests, flows and the report agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.core.params import PathsSection
+
+
+@dataclass(frozen=True)
+class Layout:
+    paths: PathsSection
+
+    # ingest
+    @property
+    def ingest_dir(self) -> Path:
+        return self.paths.interim / "ingest"
+
+    @property
+    def ingest_manifest(self) -> Path:
+        return self.ingest_dir / "manifest.parquet"
+
+    @property
+    def classes(self) -> Path:
+        return self.ingest_dir / "classes.json"
+
+    @property
+    def ingest_quarantine(self) -> Path:
+        return self.ingest_dir / "ingest_quarantine.parquet"
+
+    @property
+    def ingest_boxes(self) -> Path:
+        """Detection boxes as imported (absolute pixels of the displayed image)."""
+        return self.ingest_dir / "boxes.parquet"
+
+    @property
+    def ingest_summary(self) -> Path:
+        """Format, counts and warnings from ingest; validate folds it into the report."""
+        return self.ingest_dir / "ingest_summary.json"
+
+    # validate
+    @property
+    def validate_dir(self) -> Path:
+        return self.paths.interim / "validate"
+
+    @property
+    def manifest(self) -> Path:
+        """The validated manifest: what every later stage reads."""
+        return self.validate_dir / "manifest.parquet"
+
+    @property
+    def boxes(self) -> Path:
+        """The validated boxes: what every later detection stage reads."""
+        return self.validate_dir / "boxes.parquet"
+
+    @property
+    def validate_quarantine(self) -> Path:
+        return self.validate_dir / "validate_quarantine.parquet"
+
+    @property
+    def validation_report(self) -> Path:
+        return self.paths.reports / "validation.json"
+
+    @property
+    def validation_docs(self) -> Path:
+        """great-expectations Data Docs (HTML); open ``index.html`` inside."""
+        return self.paths.reports / "validation_docs"
+
+    # split
+    @property
+    def splits(self) -> Path:
+        return self.paths.interim / "split" / "splits.parquet"
+
+    @property
+    def split_audit(self) -> Path:
+        return self.paths.reports / "split_audit.json"
+
+    @property
+    def split_metrics(self) -> Path:
+        """Split summary numbers, declared as DVC metrics."""
+        return self.paths.reports / "split_metrics.json"
+
+    @property
+    def leakage_report(self) -> Path:
+        """Every cross-split exact or near-duplicate pair and every group found in two splits."""
+        return self.paths.reports / "leakage.json"
+
+    @property
+    def leakage_sheet(self) -> Path:
+        """Contact sheet of the worst cross-split pairs."""
+        return self.paths.reports / "leakage_pairs.png"
+
+    @property
+    def hash_cache(self) -> Path:
+        """Perceptual hashes by content hash (not a DVC output)."""
+        return self.paths.cache / "phash"
+
+    # augment
+    @property
+    def augment_policy(self) -> Path:
+        return self.paths.processed / "augment" / "policy.json"
+
+    @property
+    def augment_preview(self) -> Path:
+        return self.paths.reports / "augmentation_preview.png"
+
+    # train
+    @property
+    def classifier(self) -> Path:
+        return self.paths.models / "classifier.pt"
+
+    @property
+    def detector(self) -> Path:
+        """The fine-tuned YOLO detector (``data.task: detect``): ultralytics' checkpoint plus our meta."""
+        return self.paths.models / "detector.pt"
+
+    @property
+    def yolo_dataset(self) -> Path:
+        """The dataset exported in ultralytics' layout (images, labels, data.yaml); updated in place."""
+        return self.paths.processed / "yolo"
+
+    @property
+    def yolo_runs(self) -> Path:
+        """ultralytics' run directories, one per run fingerprint (kept across runs for resuming)."""
+        return self.paths.cache / "yolo_runs"
+
+    @property
+    def train_log_dir(self) -> Path:
+        return self.paths.reports / "train"
+
+    @property
+    def feature_cache(self) -> Path:
+        return self.paths.cache / "features"
+
+    @property
+    def integrity_cache(self) -> Path:
+        return self.paths.cache / "integrity"
+
+    # evaluate
+    @property
+    def metrics(self) -> Path:
+        return self.paths.reports / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.paths.reports / "predictions.parquet"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.paths.reports / "plots"
+
+    # report
+    @property
+    def report(self) -> Path:
+        return self.paths.reports / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        """The same report, self-contained (figures embedded): open it in any browser."""
+        return self.paths.reports / "report.html"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.paths.reports / "figures"
+
+    @property
+    def strategy_study(self) -> Path:
+        """Optional: written by the strategy study; the report includes it when present."""
+        return self.paths.reports / "strategy_study.md"

@@ -1,0 +1,1 @@
+"""Everything that reads, checks, splits and augments images, before any model exists."""

@@ -1,0 +1,146 @@
+"""What a format reader hands to ingest: items found, files ignored, items dropped.
+
+Readers only parse annotations and resolve paths; they never open an image. Boxes stay in
+the annotation's own units (pixels of the image the annotation refers to, or YOLO's
+normalised fractions); ``stages.ingest`` reads each image header once and converts them to
+pixels of the displayed image (see docs/architecture.md, "Import and validation").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from stages.core.contracts import QuarantineEntry
+
+# Folder names that declare a predefined split: train/, val/, valid/, test/, train2017/...
+_SPLIT_NAME = re.compile(r"^(train|val|valid|validation|test)(\d*)$", re.IGNORECASE)
+_CANONICAL_SPLIT = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass(frozen=True)
+class BoxRecord:
+    """One box as the annotation states it: corners, in pixels or (``normalized``) fractions."""
+
+    class_name: str
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+    where: str  # "labels/a.txt line 3", "annotations.json annotation id 17"
+    normalized: bool = False
+    difficult: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image named by the source, before any byte of it is read."""
+
+    file: Path  # absolute, already checked to lie inside the source root
+    rel_path: str  # posix path relative to the source root
+    label: str | None
+    split: str | None
+    group: str | None
+    source: str  # the annotation file or layout it came from
+    # Detection only: the image's boxes (an empty tuple is a background image); None: no boxes.
+    boxes: tuple[BoxRecord, ...] | None = None
+    declared_size: tuple[int, int] | None = None  # width, height written in the annotation
+    # The image the coordinates refer to when the file carries an EXIF rotation and nothing
+    # else tells (ingest.box_orientation: auto): YOLO follows ultralytics (displayed).
+    box_frame: Literal["stored", "displayed"] = "stored"
+
+
+@dataclass
+class SourceScan:
+    items: list[SourceItem] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # non-image files, noted not quarantined
+    quarantine: list[QuarantineEntry] = field(default_factory=list)
+    classes: list[str] | None = None  # detection: class order defined by the format
+    warnings: list[str] = field(default_factory=list)  # sentences for the validation report
+
+
+def inside_root(root: Path, candidate: Path) -> bool:
+    """True when ``candidate`` (after resolving symlinks and ``..``) stays under ``root``."""
+    try:
+        candidate.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def rel(root: Path, path: Path) -> str:
+    """Posix path relative to the source root (the form every output uses)."""
+    return path.relative_to(root).as_posix()
+
+
+def split_of(folder_name: str) -> str | None:
+    """``train``, ``val`` or ``test`` for a folder that declares a predefined split."""
+    match = _SPLIT_NAME.match(folder_name)
+    return _CANONICAL_SPLIT[match.group(1).lower()] if match else None
+
+
+def is_split_folder(path: Path) -> bool:
+    return path.is_dir() and split_of(path.name) is not None
+
+
+def named_annotation_file(root: Path, annotations: Path, what: str) -> Path:
+    """The file ``data.annotations`` names, or a one-sentence error saying it is not usable."""
+    from stages.core.errors import DataError
+
+    file, problem = locate(root, [root], annotations.as_posix())
+    if file is None:
+        where = "outside the source folder" if problem == "outside_source" else "not found"
+        raise DataError(
+            f"{root}: data.annotations = {annotations} is {where}; name {what} inside "
+            "the source folder, relative to it."
+        )
+    return file
+
+
+def locate(root: Path, bases: list[Path], name: str) -> tuple[Path | None, str | None]:
+    """Find the file an annotation names under the first base folder that has it.
+
+    Returns ``(file, None)``, or ``(None, "outside_source")`` when the name is absolute or
+    only resolves outside the root (nothing outside is ever looked at), or ``(None,
+    "missing_file")``.
+    """
+    clean = name.strip().replace("\\", "/")
+    if not clean:
+        return None, "missing_file"
+    if "://" in clean or re.match(r"^[A-Za-z]:/", clean) or PurePosixPath(clean).is_absolute():
+        return None, "outside_source"
+    escaped = False
+    for base in bases:
+        candidate = base / PurePosixPath(clean)
+        if not inside_root(root, candidate):
+            escaped = True
+            continue
+        if candidate.is_file():
+            tidy = Path(os.path.normpath(candidate))  # 'a/../b.jpg' -> 'b.jpg' unless a link changes that
+            return (tidy if tidy.resolve() == candidate.resolve() else candidate), None
+    return None, "outside_source" if escaped else "missing_file"
+
+
+def unique_dirs(dirs: list[Path]) -> list[Path]:
+    """Existing folders in order, each once."""
+    seen: list[Path] = []
+    for d in dirs:
+        if d not in seen and d.is_dir():
+            seen.append(d)
+    return seen
+
+
+def orphaned_boxes(
+    path: str, boxes: tuple[BoxRecord, ...] | list[BoxRecord] | None, why: str, stage: str = "ingest"
+) -> list[QuarantineEntry]:
+    """Quarantine entries for the boxes of an image that was dropped (nothing goes silently)."""
+    return [
+        QuarantineEntry(
+            path, "image_quarantined", f"{b.where} was dropped because {why}.", stage, "box", b.where
+        )
+        for b in boxes or ()
+    ]

@@ -1,0 +1,282 @@
+"""The end-to-end fine-tuning loop (every strategy except the cached linear probe).
+
+Checkpoints after every epoch (atomically), so a killed run resumes where it stopped and
+a finished run is not redone. Everything random is derived from (seed, epoch), which makes
+a resumed run bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from stages.core.params import TrainSection
+from stages.dataprep.torch_datasets import EpochSampler, ImageDataset
+from stages.engine.schedule import lr_factor, set_lrs
+from stages.engine.strategies import (
+    apply_freeze,
+    body_block_count,
+    param_groups,
+    set_train_mode,
+    trainable_blocks,
+    trainable_parameter_count,
+)
+
+log = logging.getLogger("stages.train")
+
+# Called after every epoch with (1-based epoch, that epoch's validation metrics), by both
+# trainers; the hyper-parameter search reports to its pruner through it and may raise to stop.
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    phase: str
+    train_loss: float
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float
+    trainable_params: int
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord]
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+
+
+def monitor_score(record: EpochRecord, monitor: str) -> float:
+    """Lower is better; without a val split the latest epoch wins."""
+    if record.val_loss is None:
+        return -record.epoch
+    return record.val_loss if monitor == "val_loss" else -(record.val_accuracy or 0.0)
+
+
+def make_optimizer(groups: list[dict], cfg: TrainSection) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def fine_tune(
+    model: nn.Module,
+    train_set: ImageDataset,
+    val_set: ImageDataset | None,
+    cfg: TrainSection,
+    seed: int,
+    device: torch.device,
+    state_file: Path,
+    class_weight: torch.Tensor | None = None,
+    sample_weights: torch.Tensor | None = None,
+    phase: str = "finetune",
+    on_epoch: EpochCallback | None = None,
+) -> FitResult:
+    """Train ``model`` with ``cfg.strategy``; resume from ``state_file`` when it exists.
+
+    ``on_epoch(epoch, metrics)`` runs after each epoch's checkpoint is written (epochs restored on
+    resume are reported first), so an exception it raises (a pruned trial) stops training with a
+    consistent, resumable state on disk; the exception propagates.
+    """
+    on_cuda = device.type == "cuda"
+    model.to(device)
+    if on_cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(param_groups(model, cfg), cfg)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=class_weight.to(device) if class_weight is not None else None,
+        label_smoothing=cfg.label_smoothing,
+    )
+    sampler = EpochSampler(len(train_set), seed, sample_weights)
+    loader_options = {
+        "num_workers": cfg.num_workers,
+        "pin_memory": on_cuda,
+        "persistent_workers": cfg.num_workers > 0,
+    }
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, **loader_options)
+    val_loader = (
+        DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, **loader_options)
+        if val_set is not None and len(val_set)
+        else None
+    )
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    num_blocks = body_block_count(model)
+    autocast = _autocast(device, cfg.amp)
+
+    history: list[EpochRecord] = []
+    best_state: dict[str, torch.Tensor] = _cpu_state(model)
+    best_epoch, best_score, stale, start_epoch = 0, math.inf, 0, 0
+    if state_file.is_file():
+        saved = torch.load(state_file, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        history = [EpochRecord(**r) for r in saved["history"]]
+        best_state, best_epoch, best_score = saved["best_state"], saved["best_epoch"], saved["best_score"]
+        stale, start_epoch = saved["stale"], saved["epoch"]
+        for restored in history:  # a resumed run reports the epochs it restored, in order
+            _report(on_epoch, restored)
+        if saved["finished"]:
+            log.info("%s: finished run found in %s, not training again", phase, state_file)
+            return FitResult(history, best_state, best_epoch)
+        log.info("%s: resuming from epoch %d (%s)", phase, start_epoch + 1, state_file)
+
+    finished = start_epoch >= cfg.epochs
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(seed * 1000 + epoch)  # dropout / drop-path: same per epoch on resume
+        frozen = apply_freeze(model, trainable_blocks(cfg, epoch, num_blocks))
+        set_train_mode(model, frozen)
+        sampler.set_epoch(epoch)
+        total_loss, seen = 0.0, 0
+        bar = tqdm(train_loader, desc=f"{phase} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        for step, (images, targets) in enumerate(bar):
+            set_lrs(
+                optimizer, lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps, cfg.schedule)
+            )
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if on_cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = loss_fn(model(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(targets)
+            seen += len(targets)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        val_loss, val_accuracy = evaluate_loader(model, val_loader, device, autocast)
+        record = EpochRecord(
+            epoch=len(history) + 1,
+            phase=phase,
+            train_loss=total_loss / max(seen, 1),
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            lr=optimizer.param_groups[-1]["lr"],
+            trainable_params=trainable_parameter_count(model),
+        )
+        history.append(record)
+        score = monitor_score(record, cfg.monitor)
+        if score < best_score:
+            best_score, best_epoch, stale = score, record.epoch, 0
+            best_state = _cpu_state(model)
+        else:
+            stale += 1
+        finished = epoch + 1 == cfg.epochs or (val_loader is not None and stale >= cfg.patience)
+        _save_state(
+            state_file,
+            model,
+            optimizer,
+            history,
+            best_state,
+            best_epoch,
+            best_score,
+            stale,
+            epoch + 1,
+            finished,
+        )
+        log.info(
+            "%s epoch %d: train loss %.4f, val loss %s, val acc %s, %d trainable, %.1f s",
+            phase,
+            record.epoch,
+            record.train_loss,
+            _fmt(val_loss),
+            _fmt(val_accuracy),
+            record.trainable_params,
+            time.perf_counter() - started,
+        )
+        _report(on_epoch, record)
+        if finished:
+            if stale >= cfg.patience:
+                log.info("%s: early stopping at epoch %d (best %d)", phase, record.epoch, best_epoch)
+            break
+    if not finished:  # epochs already reached on resume
+        _save_state(
+            state_file, model, optimizer, history, best_state, best_epoch, best_score, stale, cfg.epochs, True
+        )
+    return FitResult(history, best_state, best_epoch)
+
+
+def epoch_metrics(record: EpochRecord) -> dict[str, float]:
+    """What ``on_epoch`` receives: train loss, plus val loss and accuracy when there is a val split."""
+    metrics = {"train_loss": record.train_loss}
+    if record.val_loss is not None:
+        metrics["val_loss"] = record.val_loss
+    if record.val_accuracy is not None:
+        metrics["val_accuracy"] = record.val_accuracy
+    return metrics
+
+
+def _report(on_epoch: EpochCallback | None, record: EpochRecord) -> None:
+    if on_epoch is not None:
+        on_epoch(record.epoch, epoch_metrics(record))
+
+
+@torch.inference_mode()
+def evaluate_loader(
+    model: nn.Module, loader: DataLoader | None, device: torch.device, autocast
+) -> tuple[float | None, float | None]:
+    if loader is None:
+        return None, None
+    was_training = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        with autocast:
+            logits = model(images).float()
+        total += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        correct += int((logits.argmax(1) == targets).sum())
+        count += len(targets)
+    model.train(was_training)
+    return total / count, correct / count
+
+
+def _autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on GPUs that support it (no loss scaling needed); fp32 elsewhere."""
+    if device.type != "cuda" or not enabled or not torch.cuda.is_bf16_supported():
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _save_state(
+    path: Path, model, optimizer, history, best_state, best_epoch, best_score, stale, epoch, finished
+) -> None:
+    """Write the training state atomically: a kill -9 leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": _cpu_state(model),
+        "optimizer": optimizer.state_dict(),
+        "history": [asdict(r) for r in history],
+        "best_state": best_state,
+        "best_epoch": best_epoch,
+        "best_score": float(best_score),
+        "stale": stale,
+        "epoch": epoch,
+        "finished": finished,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

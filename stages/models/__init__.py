@@ -1,0 +1,1 @@
+"""Backbones and their weights, the feature cache, checkpoints and run fingerprints."""

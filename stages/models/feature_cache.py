@@ -1,0 +1,109 @@
+"""Backbone features computed once per (image, view) and cached on disk.
+
+The key holds everything that changes a feature vector: backbone, weights, preprocessing,
+image content, and for augmented views the policy and the view's seed. A rerun with another
+head learning rate therefore never touches the backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, augment_image
+from stages.dataprep.imaging import load_rgb
+from stages.models.backbones import Backbone, pooled_features
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """One feature vector to produce: view 0 is the clean image, view k > 0 augmented."""
+
+    file: Path
+    sha256: str
+    view: int
+
+
+def model_key(backbone: Backbone, name: str) -> str:
+    spec = {"backbone": name, "weights": backbone.weights_id, "pre": backbone.preprocessing.as_dict()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def policy_key(policy: A.Compose | None) -> str:
+    if policy is None:
+        return "none"
+    # The seeding scheme is part of the key: the same policy seeded differently gives other views.
+    spec = {"policy": A.to_dict(policy), "seeding": VIEW_SEEDING_VERSION}
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def view_seed(seed: int, sha256: str, view: int) -> int:
+    """Seed of one augmented view: depends on the image and view, not on the order of work."""
+    return int(hashlib.sha256(f"{seed}:{sha256}:{view}".encode()).hexdigest()[:8], 16)
+
+
+class FeatureCache:
+    def __init__(
+        self, root: Path, backbone: Backbone, backbone_name: str, policy: A.Compose | None, seed: int
+    ) -> None:
+        # Randomly initialised weights differ per seed, so the seed joins their cache key.
+        seed_part = f"-seed{seed}" if backbone.weights_id.endswith(":random") else ""
+        self.dir = root / (model_key(backbone, backbone_name) + seed_part)
+        self.backbone = backbone
+        self.policy = policy
+        self.policy_id = policy_key(policy)
+        self.seed = seed
+        self.computed = 0  # how many vectors this instance had to compute (tests read it)
+
+    def path(self, request: FeatureRequest) -> Path:
+        if request.view == 0:
+            name = f"{request.sha256}_v0.npy"
+        else:
+            name = f"{request.sha256}_{self.policy_id}_s{self.seed}_v{request.view}.npy"
+        return self.dir / request.sha256[:2] / name
+
+    def get(
+        self, requests: Sequence[FeatureRequest], device: torch.device, batch_size: int, desc: str
+    ) -> np.ndarray:
+        """Features for every request, in order; computes and stores only what is missing."""
+        missing = [r for r in requests if not self.path(r).is_file()]
+        if missing:
+            self._compute(missing, device, batch_size, desc)
+        return np.stack([np.load(self.path(r)) for r in requests]) if requests else np.zeros((0, 0))
+
+    @torch.inference_mode()
+    def _compute(
+        self, requests: list[FeatureRequest], device: torch.device, batch_size: int, desc: str
+    ) -> None:
+        model = self.backbone.model.to(device).eval()
+        transform = self.backbone.preprocessing.transform()
+        for start in tqdm(range(0, len(requests), batch_size), desc=desc, unit="batch", leave=False):
+            chunk = requests[start : start + batch_size]
+            batch = torch.stack([transform(self._view(r)) for r in chunk]).to(device)
+            pooled = pooled_features(model, batch)
+            for request, vector in zip(chunk, pooled.float().cpu().numpy(), strict=True):
+                target = self.path(request)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # One temporary name per process: two tuning workers may compute the same vector.
+                tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(tmp, vector)
+                tmp.replace(target)  # atomic: a killed run never leaves half a file
+            self.computed += len(chunk)
+
+    def _view(self, request: FeatureRequest) -> Image.Image:
+        image = load_rgb(request.file)
+        if request.view == 0 or self.policy is None:
+            return image
+        seed = view_seed(self.seed, request.sha256, request.view)
+        return Image.fromarray(augment_image(self.policy, np.asarray(image), seed))

@@ -1,0 +1,1 @@
+"""The report page, its HTML rendering and every figure the pipeline draws."""
