@@ -89,7 +89,7 @@ def hashing_rows(repeats: int) -> list[list[str]]:
     from PIL import Image
 
     from bench.common import SHARED_DATASETS
-    from stages.dataprep.imaging import sha256_file
+    from stages.core.hashing import sha256_file
     from stages.dataprep.near_duplicates import compute_hashes
 
     datasets = {

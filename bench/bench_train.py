@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader
 
 import stages  # noqa: F401  (offline environment)
 from bench.common import SHARED_DATASETS, markdown_table, write_section
+from stages.core.hashing import sha256_file
 from stages.core.params import TrainSection
-from stages.dataprep.imaging import sha256_file
 from stages.dataprep.torch_datasets import ImageDataset
 from stages.engine.linear_probe import fit_linear_head
 from stages.engine.loop import fine_tune

@@ -41,12 +41,12 @@ from bench.common import SHARED_DATASETS, markdown_table, write_section
 from stages import augment, evaluate, ingest, split, train, validate
 from stages.core.contracts import image_id_from_sha256, read_parquet
 from stages.core.errors import DataError
+from stages.core.hashing import sha256_file
 from stages.core.layout import Layout
 from stages.core.params import GroupSection, Params, SplitSection, parse_params
 from stages.dataprep import leakage as split_audit
 from stages.dataprep import splitting
 from stages.dataprep.groups import assign_groups
-from stages.dataprep.imaging import sha256_file
 
 SECTION = "What leakage costs (eth80) and the leakage audit on real splits"
 CONFIGS = {

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from stages.core.errors import DataError
-from stages.dataprep.imaging import sha256_file
+from stages.core.hashing import sha256_file
 from stages.dataprep.near_duplicates import (
     ChunkPlan,
     all_pairs,

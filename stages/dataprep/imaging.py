@@ -5,7 +5,6 @@ Reading never writes: images are opened read-only and any conversion happens in 
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import warnings
 from dataclasses import dataclass
@@ -53,14 +52,6 @@ def _open(path: Path) -> Image.Image:
     patches = sys.modules.get("ultralytics.utils.patches")
     opener = getattr(patches, "_image_open", None) or Image.open
     return opener(path)
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_header(path: Path) -> ImageHeader:

