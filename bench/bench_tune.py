@@ -150,13 +150,13 @@ E2E_SPACE: dict[str, Any] = {
 def search_cost(params: Params, out_dir: Path) -> tuple[Any, float, int, float]:
     """Run one search; (result, wall, epochs trained in all, trials' train time in all)."""
     from pipelines import tune
+    from pipelines.tune_params import tune_section
 
+    cfg = tune_section(params)
     started = time.perf_counter()
     result = tune.run(params, out_dir=out_dir)
     wall = time.perf_counter() - started
-    done = optuna.load_study(
-        study_name=params.tune.study_name, storage=tune.storage_url(params.tune, params)
-    ).trials
+    done = optuna.load_study(study_name=cfg.study_name, storage=tune.storage_url(cfg, params)).trials
     epochs = sum(t.user_attrs.get("epochs_run", 0) for t in done)
     return result, wall, epochs, sum(t.user_attrs.get("wall_s", 0.0) for t in done)
 

@@ -6,8 +6,15 @@
 2. Transfer: the offline YOLOv8s-size checkpoint against the same architecture from scratch
    (``yolov8s.yaml``), and a frozen backbone (``freeze: 10``) against full fine-tuning, all through
    our stages, scored by our evaluate stage on the test split.
+3. Like for like (``--compare``): per seed, the whole pipeline (ingest -> ... -> evaluate) and bare
+   ``YOLO(offline checkpoint).train(...)`` on the SAME exported split (train/val folders of our
+   export), same epochs, imgsz, batch and seed; both best.pt files are then scored on our test
+   images twice, by ultralytics' ``val`` and by our evaluate code (torchmetrics/pycocotools), so a
+   gap can be split into "training differs" and "scoring differs".
 
     uv run python bench/bench_yolo.py [--epochs 5] [--imgsz 256] [--write]
+    nice -n 10 uv run python bench/bench_yolo.py --compare --seeds 0 1 2 --imgsz 320 \
+        --out /tmp/bench_yolo_compare.json [--write]
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import stages  # noqa: F401  (offline environment)
 from bench.common import SHARED_DATASETS, markdown_table, write_section
+from bench.yolo_compare import render_compare, run_compare
 from stages.core.params import Params, parse_params
 
 SECTION = "YOLO detector (bench/bench_yolo.py)"
+COMPARE_SECTION = "YOLO detector: pipeline vs bare ultralytics (bench/bench_yolo.py --compare)"
 
 
 def make_params(root: Path, name: str, epochs: int, imgsz: int, batch: int, **detector) -> Params:
@@ -95,13 +104,29 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the docs/benchmarks.md section")
     parser.add_argument("--out", type=Path, default=None, help="also save the raw results as JSON")
     parser.add_argument("--render", type=Path, default=None, help="only render a saved --out file")
+    parser.add_argument("--compare", action="store_true", help="pipeline vs bare ultralytics, per seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--compare: seeds")
+    parser.add_argument("--conclusion", type=Path, default=None, help="--compare: paragraph to append")
     args = parser.parse_args()
     if args.render:
         results = json.loads(args.render.read_text(encoding="utf-8"))
-        body = render(results, results["settings"])
+        compare = results.get("mode") == "compare"
+        if compare:
+            body = render_compare(results, _text(args.conclusion))
+        else:
+            body = render(results, results["settings"])
         print(body)
         if args.write:
-            write_section(SECTION, body)
+            write_section(COMPARE_SECTION if compare else SECTION, body)
+        return
+    if args.compare:
+        root = Path(tempfile.mkdtemp(prefix="bench_yolo_compare_"))
+        out = args.out or root / "results.json"
+        results = run_compare(args.seeds, args.epochs, args.imgsz, args.batch, root, out)
+        body = render_compare(results, _text(args.conclusion))
+        print(body)
+        if args.write:
+            write_section(COMPARE_SECTION, body)
         return
     root = Path(tempfile.mkdtemp(prefix="bench_yolo_"))
     common = {"epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch}
@@ -144,6 +169,10 @@ def main() -> None:
     print(body)
     if args.write:
         write_section(SECTION, body)
+
+
+def _text(path: Path | None) -> str:
+    return path.read_text(encoding="utf-8") if path else ""
 
 
 def render(results: dict, settings: dict) -> str:

@@ -29,9 +29,10 @@ from typing import Any
 
 import yaml
 
+from pipelines.gate_params import GateMetric, GateSection, gate_section
 from stages.core.errors import UserError
 from stages.core.layout import Layout
-from stages.core.params import DEFAULT_PARAMS_FILE, GateMetric, GateSection, Params, load_params
+from stages.core.params import DEFAULT_PARAMS_FILE, Params, load_params
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 CRASHED = 3  # a bug in the gate (traceback printed): never read as a regression
@@ -355,36 +356,21 @@ def markdown(decision: Decision, base_name: str, confidence: float | None, image
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _points(metrics: dict, names: list[str]) -> dict[str, tuple[float, float | None, float | None]]:
+    """Each named metric's finite value and interval ends, for the figure (absent: left out)."""
+    points = {}
+    for name in names:
+        value = _number(metrics, name)
+        if value is not None:
+            points[name] = (value, _number(metrics, f"{name}_ci_low"), _number(metrics, f"{name}_ci_high"))
+    return points
+
+
 def draw_metrics(base: dict, new: dict, names: list[str], path: Path, base_name: str) -> Path:
     """Base and new point values with their intervals, one row per metric."""
-    import matplotlib
+    from stages.reporting import gate_figures  # matplotlib only when the gate draws
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.55 * len(names) + 1.5))
-    for offset, (side, label, colour) in enumerate(
-        ((base, base_name, "#888888"), (new, "this change", "#1f77b4"))
-    ):
-        for i, name in enumerate(names):
-            value = _number(side, name)
-            if value is None:
-                continue
-            y = i + (0.15 if offset else -0.15)
-            low, high = _number(side, f"{name}_ci_low"), _number(side, f"{name}_ci_high")
-            if low is not None and high is not None:
-                ax.plot([low, high], [y, y], color=colour, linewidth=2, alpha=0.6)
-            ax.plot([value], [y], "o", color=colour, label=label if i == 0 else None)
-    ax.set_yticks(range(len(names)), names)
-    ax.invert_yaxis()
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, fontsize=8, frameon=False)
-    ax.set_title("Metrics with bootstrap intervals: base vs this change", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return gate_figures.metric_comparison(_points(base, names), _points(new, names), names, path, base_name)
 
 
 def draw_confusions(root: Path, rel: Path, base: str, path: Path, base_name: str) -> Path | None:
@@ -404,32 +390,9 @@ def draw_confusions(root: Path, rel: Path, base: str, path: Path, base_name: str
 
     if old == new or not old or not new or not valid(old) or not valid(new):
         return None
-    import matplotlib
+    from stages.reporting import gate_figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    classes = sorted({r["actual"] for r in old + new} | {r["predicted"] for r in old + new})
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
-    for ax, rows, title in ((axes[0], old, base_name), (axes[1], new, "this change")):
-        matrix = np.zeros((len(classes), len(classes)), dtype=int)
-        for r in rows:
-            matrix[classes.index(r["actual"]), classes.index(r["predicted"])] += 1
-        ax.imshow(matrix, cmap="Blues")
-        for (i, j), count in np.ndenumerate(matrix):
-            colour = "white" if count > matrix.max() / 2 else "black"
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=9, color=colour)
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(classes)), classes, fontsize=8)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("actual")
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return gate_figures.confusion_pair(old, new, path, base_name)
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -445,13 +408,13 @@ def run_gate(
     relative_to: Path | None = None,
 ) -> tuple[Decision, str]:
     """Compare the working tree with ``base``; returns the decision and its Markdown."""
+    gate = gate_section(params, str(params_file))  # a bad gate: section fails before any git work
     root = root.resolve()
     sha = resolve_base(root, base)
     label = sha[:7] if sha.startswith(base) else base  # a commit id given: its short form
     base_name = f"`{label}`" if label == sha[:7] else f"`{label}` ({sha[:7]})"
     layout = Layout(params.paths)
     base_metrics, new_metrics = read_metrics(root, layout.metrics, base)
-    gate = params.gate
     old_gate = base_gate(root, params_file, base)
     notes = []
     if gate.accept_regression and old_gate.get("accept_regression") is True:

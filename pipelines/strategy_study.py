@@ -36,6 +36,7 @@ from pipelines.trials import (
     with_cli_options,
     write_policy,
 )
+from pipelines.tune_params import tune_section
 from stages import evaluate, train
 from stages.core.errors import UserError
 from stages.core.params import DEFAULT_PARAMS_FILE, Params, load_params
@@ -69,7 +70,7 @@ class StudyResult:
 
 
 def budget_overrides(params: Params, strategy: str, seed: int) -> dict[str, Any]:
-    study = params.tune.study
+    study = tune_section(params).study
     overrides: dict[str, Any] = {"train.strategy": strategy, "base.seed": seed}
     epochs = study.epochs or params.train.epochs
     probe = study.probe_epochs or params.train.lp_epochs
@@ -90,7 +91,7 @@ def run_one(params: Params, strategy: str, seed: int, root: Path) -> StudyRun:
     wall = time.perf_counter() - started
     metrics = evaluate.run(run).metrics
     drop_checkpoint(run)
-    name = params.tune.study.metric
+    name = tune_section(params).study.metric
     if name not in metrics:
         raise UserError(f"tune.study.metric '{name}' is not in metrics.json; use one of {sorted(metrics)}.")
     return StudyRun(
@@ -107,10 +108,10 @@ def run_one(params: Params, strategy: str, seed: int, root: Path) -> StudyRun:
 
 def run(params: Params, progress: bool = True) -> StudyResult:
     """Train and evaluate every (strategy, seed); write the table and the plot under paths.reports."""
+    study = tune_section(params).study  # a bad tune: section fails before any work
     require_prepared(params)
     if params.data.task != "classify":
         raise UserError("the strategy study compares classifier strategies; set data.task: classify.")
-    study = params.tune.study
     root = params.paths.cache / "strategy_study"
     runs: list[StudyRun] = []
     jobs = [(s, seed) for s in study.strategies for seed in study.seeds]
@@ -169,7 +170,7 @@ def summary_table(runs: list[StudyRun], metric: str) -> str:
 
 
 def render_markdown(params: Params, runs: list[StudyRun], table: str) -> str:
-    study = params.tune.study
+    study = tune_section(params).study
     metric = study.metric
     per_run = "\n".join(
         f"| {r.strategy} | {r.seed} | {r.metric:.4f} | {_fmt(r.val_accuracy)} | {r.train_wall_s:.1f} | "
@@ -210,35 +211,11 @@ def render_markdown(params: Params, runs: list[StudyRun], table: str) -> str:
 
 def draw(runs: list[StudyRun], metric: str, path: Path) -> None:
     """Left: the metric per strategy (mean ± sd, each seed a dot); right: median train wall time."""
-    import matplotlib
+    from stages.reporting.study_figures import strategy_comparison  # matplotlib only when drawing
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stats = summarise(runs)
-    names = list(stats)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    x = range(len(names))
-    left.bar(
-        x, [stats[n]["mean"] for n in names], yerr=[stats[n]["sd"] for n in names], color="#9ecae1", capsize=4
-    )
-    for i, name in enumerate(names):
-        values = [r.metric for r in runs if r.strategy == name]
-        left.scatter([i] * len(values), values, color="#08519c", s=14, zorder=3)
-    low, high = min(r.metric for r in runs), max(r.metric for r in runs)
-    if low >= 0 and high <= 1:  # a rate: zoom in on the range the strategies span
-        left.set_ylim(max(0.0, low - 0.1), min(1.0, high + 0.05))
-    left.set_xticks(list(x), names, rotation=20)
-    left.set_ylabel(metric)
-    left.set_title(f"{metric}: mean ± sd over seeds (dots: single seeds)")
-    right.bar(x, [stats[n]["wall_median"] for n in names], color="#fdae6b")
-    right.set_xticks(list(x), names, rotation=20)
-    right.set_ylabel("train wall time, median (s)")
-    right.set_title("cost")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    summary = summarise(runs)
+    seeds = {name: [r.metric for r in runs if r.strategy == name] for name in summary}
+    strategy_comparison(summary, seeds, metric, path)
 
 
 def _fmt(value: float | None) -> str:

@@ -42,12 +42,12 @@ from pipelines.trials import (
     with_cli_options,
     write_policy,
 )
+from pipelines.tune_params import TuneSection, tune_section
 from stages import train
 from stages.core.errors import UserError
 from stages.core.params import (
     DEFAULT_PARAMS_FILE,
     Params,
-    TuneSection,
     get_dotted,
     load_params,
     parse_params,
@@ -181,6 +181,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(url))
     import sqlalchemy.exc
 
+    require_driver(url)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     for attempt in range(STORAGE_ATTEMPTS):
         try:
@@ -197,6 +198,21 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def require_driver(url: str) -> None:
+    """A PostgreSQL/MySQL URL needs a database driver the project does not install by default."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise UserError(
+            f"tune.storage {url.split('@')[-1]!r} needs a database driver that is not installed "
+            f"({type(exc).__name__}: {exc}); for PostgreSQL run `uv add psycopg2-binary` "
+            "(or use a SQLite path or a journal file ending in .log)."
+        ) from None
 
 
 def make_pruner(cfg: TuneSection, base: Params) -> optuna.pruners.BasePruner:
@@ -337,7 +353,7 @@ def run(
     write_reports: bool = True,
 ) -> TuneResult:
     """Search until ``tune.trials`` trials have finished in the study (all workers together)."""
-    cfg = params.tune
+    cfg = tune_section(params, str(params_file or "params"))
     require_prepared(params)
     check_task(cfg, params)
     storage = storage_url(cfg, params)
@@ -417,7 +433,8 @@ def best_params_text(study: optuna.Study, params: Params, params_file: Path | No
     best = study.best_trial
     lines = [
         f"# Best trial of study '{study.study_name}': trial {best.number}, "
-        f"{params.tune.metric} {best.value:.4f} (val split). Written by pipelines.tune; params.yaml is",
+        f"{tune_section(params).metric} {best.value:.4f} (val split). Written by pipelines.tune; "
+        "params.yaml is",
         "# not changed. Review, then copy it over params.yaml, or apply only the changed keys:",
         "#   python -m pipelines.flow "
         + " ".join(f"--set {k}={_yaml_value(v)}" for k, (_, v) in changed.items()),
@@ -436,6 +453,7 @@ def _yaml_value(value: Any) -> str:
 
 def write_outputs(study: optuna.Study, params: Params, params_file: Path | None, out_dir: Path) -> None:
     """trials.csv, summary.json/md, the plots, and best_params.yaml when a trial completed."""
+    cfg = tune_section(params)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     if not frame.empty:
@@ -445,19 +463,21 @@ def write_outputs(study: optuna.Study, params: Params, params_file: Path | None,
     best_trial, best_value = _best(study)
     summary: dict[str, Any] = {
         "study": study.study_name,
-        "metric": params.tune.metric,
-        "direction": params.tune.goal,
+        "metric": cfg.metric,
+        "direction": cfg.goal,
         **c,
         "best_trial": best_trial,
         "best_value": best_value,
     }
-    plots = write_plots(study, out_dir)
+    from stages.reporting.tune_figures import optuna_plots  # matplotlib only when writing outputs
+
+    plots = optuna_plots(study, out_dir)
     lines = [
         f"# Hyper-parameter search: study `{study.study_name}`",
         "",
         f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed trials; "
-        f"objective: {params.tune.metric} on the val split ({params.tune.goal}), pruner "
-        f"{params.tune.pruner}, TPE sampler.",
+        f"objective: {cfg.metric} on the val split ({cfg.goal}), pruner "
+        f"{cfg.pruner}, TPE sampler.",
         "",
     ]
     if best_trial is not None:
@@ -468,7 +488,7 @@ def write_outputs(study: optuna.Study, params: Params, params_file: Path | None,
         summary["best_overrides"] = overrides  # every searched value, changed or not
         summary["best_epoch"] = study.best_trial.user_attrs.get("best_epoch")
         lines += [
-            f"Best: trial {best_trial}, {params.tune.metric} **{best_value:.4f}** "
+            f"Best: trial {best_trial}, {cfg.metric} **{best_value:.4f}** "
             f"(epoch {study.best_trial.user_attrs.get('best_epoch')}).",
             "",
             "| key | params.yaml | best trial |",
@@ -486,41 +506,6 @@ def write_outputs(study: optuna.Study, params: Params, params_file: Path | None,
     (out_dir / "summary.json").write_text(
         json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-
-
-def write_plots(study: optuna.Study, out_dir: Path) -> list[str]:
-    """Optuna's matplotlib plots as PNG; a plot the study cannot draw yet is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as oplt
-
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    plots = {
-        "optimization_history": oplt.plot_optimization_history,
-        "intermediate_values": oplt.plot_intermediate_values,
-        "param_importances": oplt.plot_param_importances,
-        "parallel_coordinate": oplt.plot_parallel_coordinate,
-    }
-    written = []
-    for name, plot in plots.items():
-        if name == "param_importances" and len(complete) < 2:
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = plot(study)
-                figure = getattr(axes, "figure", None) or plt.gcf()
-                figure.set_size_inches(9, 5)
-                figure.tight_layout()
-            figure.savefig(out_dir / f"{name}.png", dpi=100)
-            plt.close(figure)
-            written.append(name)
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. no variance to rank yet
-            log.warning("skipped the %s plot: %s", name, exc)
-            plt.close("all")
-    return written
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -565,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def delete_study(params: Params) -> None:
-    cfg = params.tune
+    cfg = tune_section(params)
     with contextlib.suppress(KeyError):  # no such study yet
         optuna.delete_study(study_name=cfg.study_name, storage=make_storage(storage_url(cfg, params)))
     clean_dir(params.paths.cache / "tune" / cfg.study_name)

@@ -20,8 +20,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import albumentations as A
-
 from stages.core.cli import exit_with
 from stages.core.contracts import read_parquet
 from stages.core.layout import Layout
@@ -48,6 +46,8 @@ class AugmentResult:
 
 def run(params: Params) -> AugmentResult:
     """Build and save the policy under ``paths.processed``; render the preview under ``paths.reports``."""
+    import albumentations as A  # imports torch: paid when the stage runs, not for --help
+
     layout = Layout(params.paths)
     task = params.data.task
     policy = build_policy(params.augment, params.base.seed, task=task)

@@ -55,7 +55,7 @@ def options(params: Params) -> Options:
     )
 
 
-def run(params: Params) -> EvaluateResult:
+def run(params: Params) -> EvaluateResult | DetectEvaluateResult:
     """Score the model on ``evaluate.split``; write metrics, predictions and plot data."""
     if params.data.task == "detect":
         return _evaluate_detector(params)

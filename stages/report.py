@@ -17,7 +17,7 @@ from stages.core.cli import exit_with
 from stages.core.layout import Layout
 from stages.core.params import Params
 from stages.reporting.html import to_html
-from stages.reporting.page import Page
+from stages.reporting.page import render_page
 
 STAGE = "report"
 
@@ -38,12 +38,12 @@ def run(params: Params) -> ReportResult:
     layout.figures_dir.mkdir(parents=True, exist_ok=True)
     for old in layout.figures_dir.glob("*.png"):  # a figure this run does not draw must not linger
         old.unlink()
-    page = Page(params, layout)
-    text = page.render()
+    page = render_page(params, layout)
     layout.report.parent.mkdir(parents=True, exist_ok=True)
-    layout.report.write_text(text, encoding="utf-8")
-    layout.report_html.write_text(to_html(text, layout.report.parent, params.report.title), encoding="utf-8")
-    return ReportResult(layout.report, layout.report_html, tuple(page.sections))
+    layout.report.write_text(page.markdown, encoding="utf-8")
+    html = to_html(page.markdown, layout.report.parent, params.report.title)
+    layout.report_html.write_text(html, encoding="utf-8")
+    return ReportResult(layout.report, layout.report_html, page.sections)
 
 
 if __name__ == "__main__":

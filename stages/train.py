@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stages.core.cli import exit_with
+from stages.core.layout import Layout
 from stages.core.params import Params
 
 if TYPE_CHECKING:
@@ -21,6 +22,9 @@ STAGE = "train"
 
 def run(params: Params, on_epoch: EpochCallback | None = None) -> TrainResult | DetectorResult:
     """Train on the train split, select on val, and save the model under ``paths.models``."""
+    # The YOLO export folder is a declared DVC output of train for both tasks (dvc.yaml cannot
+    # declare an output per task), so it exists even when a classifier trains.
+    Layout(params.paths).yolo_dataset.mkdir(parents=True, exist_ok=True)
     if params.data.task == "detect":
         from stages.engine.yolo.trainer import run_detector
 

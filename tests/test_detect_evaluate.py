@@ -68,7 +68,6 @@ def _ultralytics_map(truths, predictions) -> dict[str, float]:
 
 
 def test_torchmetrics_and_ultralytics_agree_on_a_known_case() -> None:
-    pytest.importorskip("ultralytics")
     reference = torchmetrics_map(KNOWN_TRUTHS, KNOWN_PREDICTIONS)
     assert reference == pytest.approx({"map50": 1.0, "map50_95": 0.75}, abs=1e-6)
     assert _ultralytics_map(KNOWN_TRUTHS, KNOWN_PREDICTIONS) == pytest.approx(reference, abs=0.01)
@@ -124,14 +123,11 @@ def test_a_bootstrap_weight_is_the_same_as_repeating_the_image() -> None:
     assert ours == pytest.approx(repeated, abs=1e-6)  # torchmetrics returns float32
 
 
-def test_bootstrap_is_seeded_and_fast() -> None:
-    import time
-
+def test_bootstrap_is_seeded_and_brackets_the_point_estimate() -> None:
+    """Speed of this 300-image x 1000-resample case is measured by bench/bench_evaluate.py."""
     truths, predictions = _random_case(4, n_images=300)
     matches = match_all(truths, predictions, ["a", "b", "c"])
-    started = time.perf_counter()
     first = bootstrap(matches, 0.25, 1000, 0.95, seed=42)
-    assert time.perf_counter() - started < 30  # 300 images x 1000 resamples (torchmetrics: minutes)
     assert bootstrap(matches, 0.25, 1000, 0.95, seed=42) == first
     full = numpy_map(matches)
     for name in ("map50", "map50_95"):

@@ -1,10 +1,9 @@
 """Classification metrics: hand-checked values, the vectorised bootstrap against the libraries,
-interval behaviour and speed. No model, no images: labels and probabilities only."""
+interval behaviour. No model, no images: labels and probabilities only."""
 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -106,12 +105,14 @@ def test_threshold_free_metrics_with_one_class_resamples() -> None:
     assert cm.compute_metrics(np.zeros(4, dtype=int), P4, cm.Options(resamples=20))["roc_auc_macro"] is None
 
 
-def test_a_thousand_resamples_on_150_images_take_seconds() -> None:
+def test_a_thousand_resamples_give_intervals_for_every_metric() -> None:
+    """Speed of this 150-image x 1000-resample case is measured by bench/bench_evaluate.py."""
     y, p = _noisy(150, 5, seed=2)
-    started = time.perf_counter()
     metrics, per_class = cm.summarise(y, p, list("abcde"), cm.Options(top_k=3, resamples=1000))
-    assert time.perf_counter() - started < 5  # about 0.2 s on one core
     assert "top3_accuracy_ci_high" in metrics and "recall_ci_low" in per_class[0]
+    for row in (metrics, *per_class):
+        for name in [k.removesuffix("_ci_low") for k in row if k.endswith("_ci_low")]:
+            assert row[f"{name}_ci_low"] <= row[name] <= row[f"{name}_ci_high"], name
 
 
 def test_curves_and_reliability_rows() -> None:

@@ -19,6 +19,7 @@ import yaml
 
 import pipelines.gate
 from pipelines.gate import CANNOT_COMPARE, CRASHED, PASS, REGRESSION, Rule, judge, main
+from pipelines.gate_params import GateSection, gate_section
 from stages.core.errors import ParamsError
 from stages.core.params import parse_params
 
@@ -338,9 +339,24 @@ def test_a_bad_gate_section_is_one_sentence() -> None:
     with pytest.raises(
         ParamsError, match=r"unknown key 'gate.metrics.0.tolernce'; allowed keys here are: name"
     ):
-        parse_params({"data": {"source": "x"}, "gate": {"metrics": [{"name": "a", "tolernce": 1}]}})
+        gate_section(
+            parse_params({"data": {"source": "x"}, "gate": {"metrics": [{"name": "a", "tolernce": 1}]}})
+        )
     with pytest.raises(ParamsError, match=r"listed more than once"):
-        parse_params({"data": {"source": "x"}, "gate": {"metrics": ["accuracy", "accuracy"]}})
+        gate_section(parse_params({"data": {"source": "x"}, "gate": {"metrics": ["accuracy", "accuracy"]}}))
+
+
+def test_gate_cli_refuses_a_bad_gate_section_before_any_git_work(tmp_path, capsys) -> None:
+    """The stages keep gate: as a mapping; the gate validates it first, naming the file and key."""
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        yaml.safe_dump({"data": {"source": "x"}, "gate": {"tolerence": 0.1}}), encoding="utf-8"
+    )
+    assert main(["--base", "no-such-revision", "--params", str(params_file)]) == CANNOT_COMPARE
+    out = capsys.readouterr().out
+    assert (
+        f"cannot compare: {params_file}: unknown key 'gate.tolerence'; allowed keys here are: metrics" in out
+    )
 
 
 @pytest.mark.parametrize(
@@ -408,7 +424,7 @@ def test_metrics_kept_in_the_dvc_cache_are_read_at_the_base(tmp_path, monkeypatc
 
 
 def test_the_repository_params_file_documents_the_defaults() -> None:
-    from stages.core.params import GateSection, load_params
+    from stages.core.params import load_params
     from tests.conftest import REPO_ROOT
 
-    assert load_params(REPO_ROOT / "params.yaml").gate == GateSection()
+    assert gate_section(load_params(REPO_ROOT / "params.yaml")) == GateSection()

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from stages.core.errors import ParamsError
-from stages.core.params import load_params, parse_params
+from stages.core.params import SplitSection, load_params, parse_params, parse_section
 from tests.conftest import REPO_ROOT
 
 
@@ -42,6 +42,41 @@ def test_bad_params_name_the_key_and_what_is_allowed(raw: dict, expected: list[s
     assert "\n" not in message
     for fragment in expected:
         assert fragment in message
+
+
+def test_stages_accept_the_pipeline_sections_and_leave_them_to_their_pipelines() -> None:
+    """gate: and tune: belong to pipelines/; a stage loads a file with them (even a wrong one)."""
+    raw = {"data": {"source": "x"}, "gate": {"tolernce": 1}, "tune": {"trails": 3}}
+    params = parse_params(raw)
+    assert params.gate == {"tolernce": 1} and params.tune == {"trails": 3}
+    assert parse_params({"data": {"source": "x"}}).tune == {}
+    with pytest.raises(ParamsError, match=r"'tune' = 3 is invalid"):  # still a mapping
+        parse_params({"data": {"source": "x"}, "tune": 3})
+
+
+def test_a_pipeline_section_is_worded_like_a_stage_section() -> None:
+    """``parse_section`` names the key dotted from the top and lists the allowed keys there."""
+    with pytest.raises(ParamsError) as caught:
+        parse_section({"fractions": {"tran": 0.5}}, "split", SplitSection, source="p.yaml")
+    message = str(caught.value)
+    assert message.startswith("p.yaml: unknown key 'split.fractions.tran'; allowed keys here are: train")
+    assert parse_section(None, "split", SplitSection) == SplitSection()
+
+
+def test_core_reads_ultralytics_arguments_without_importing_it() -> None:
+    """stages/core may not import ultralytics (AGPL boundary): the arguments come from its YAML file."""
+    code = (
+        "import sys\n"
+        "from stages.core.params import parse_params, ultralytics_cfg_keys\n"
+        "parse_params({'data': {'source': 'x'}, 'train': {'detector': {'ultralytics': {'mosaic': 0.5}}}})\n"
+        "assert {'mosaic', 'hsv_h', 'close_mosaic'} <= ultralytics_cfg_keys()\n"
+        "heavy = ('ultralytics', 'torch', 'albumentations', 'great_expectations')\n"
+        "assert not [m for m in heavy if m in sys.modules], sys.modules.keys() & set(heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """End to end through DVC: repro, no-op repro, partial re-runs, and a remote round trip.
 
-Each test builds a throwaway project (a copy of the code, dvc.yaml and a params file
-pointing at generated data) in tmp_path, so the real repository is never touched.
+One throwaway project (a copy of the code, dvc.yaml and a params file pointing at generated
+data) is built and reproduced once per module; each test then works on its own copy of it, so
+the tests pass alone, in any order, and the real repository is never touched.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,17 @@ def _ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", output))
 
 
+@dataclass(frozen=True)
+class BuiltProject:
+    """A project after its first ``dvc repro``: the costly part, shared read-only by the tests."""
+
+    root: Path
+    first_repro: str  # stdout of that first repro
+    raw_digest_before: str  # tree digest of data/raw before it
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltProject:
     root = tmp_path_factory.mktemp("project")
     for name in ("stages", "pipelines"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -66,13 +77,20 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _dvc(root, "init", "-q")
     _sh(root, "git", "add", "-A")
     _sh(root, "git", "commit", "-qm", "test project")
+    raw_digest_before = tree_digest(root / "data" / "raw")
+    return BuiltProject(root, _dvc(root, "repro").stdout, raw_digest_before)
+
+
+@pytest.fixture
+def project(built: BuiltProject, tmp_path: Path) -> Path:
+    """This test's own copy of the reproduced project (git, DVC cache and outputs included)."""
+    root = tmp_path / "project"
+    shutil.copytree(built.root, root)
     return root
 
 
-def test_repro_builds_everything_then_a_second_repro_does_nothing(project: Path) -> None:
-    raw_before = tree_digest(project / "data" / "raw")
-    first = _dvc(project, "repro")
-    assert _ran_stages(first.stdout) == {
+def test_repro_builds_everything_then_a_second_repro_does_nothing(built: BuiltProject, project: Path) -> None:
+    assert _ran_stages(built.first_repro) == {
         "ingest",
         "validate",
         "split",
@@ -93,7 +111,7 @@ def test_repro_builds_everything_then_a_second_repro_does_nothing(project: Path)
     second = _dvc(project, "repro")
     assert _ran_stages(second.stdout) == set()
     assert "up to date" in _dvc(project, "status").stdout
-    assert tree_digest(project / "data" / "raw") == raw_before
+    assert tree_digest(project / "data" / "raw") == built.raw_digest_before
 
 
 def test_changing_a_train_param_reruns_only_train_and_downstream(project: Path) -> None:
@@ -106,7 +124,6 @@ def test_changing_a_train_param_reruns_only_train_and_downstream(project: Path) 
 
 
 def test_outputs_round_trip_through_a_local_remote(project: Path, tmp_path: Path) -> None:
-    _dvc(project, "repro")
     model = project / "models" / "classifier.pt"
     before = model.read_bytes()
     _dvc(project, "remote", "add", "-d", "local", str(tmp_path / "remote"))
@@ -132,7 +149,6 @@ def test_a_stage_rejecting_data_fails_the_repro_with_one_line(tmp_path: Path) ->
 
 
 def test_changing_augment_params_reruns_augment_and_the_trainer_not_the_data_stages(project: Path) -> None:
-    _dvc(project, "repro")  # whatever earlier tests left, start from an up-to-date project
     params_file = project / "params.yaml"
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     params["augment"]["preset"] = "light" if params["augment"]["preset"] != "light" else "heavy"

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,7 +22,7 @@ from stages.core.errors import UserError
 from stages.core.layout import Layout
 from stages.core.params import TrainSection
 from stages.dataprep.torch_datasets import EpochSampler
-from stages.engine import classifier, device
+from stages.engine import classifier, device, loop
 from stages.engine.schedule import lr_factor, set_lrs
 from stages.engine.strategies import (
     apply_freeze,
@@ -140,6 +141,17 @@ def test_torchvision_models_get_the_same_surgery() -> None:
     assert trainable == {"layer3", "layer4", "fc"}
 
 
+def test_class_weights_match_scikit_learn_balanced_and_leave_absent_classes_at_one() -> None:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([0] * 7 + [2] * 3 + [3] * 1)
+    weights = classifier.class_weights(y, 5)
+    expected = compute_class_weight("balanced", classes=np.array([0, 2, 3]), y=y)
+    assert weights.dtype == torch.float32
+    np.testing.assert_array_equal(weights.numpy()[[0, 2, 3]], expected.astype(np.float32))
+    assert weights[1] == 1 and weights[4] == 1  # classes without training images
+
+
 def test_class_balanced_sampler_draws_minority_as_often() -> None:
     targets = torch.tensor([0] * 90 + [1] * 10)
     weights = classifier.class_weights(targets.numpy(), 2)[targets]
@@ -184,7 +196,7 @@ def test_which_parameters_move(tmp_path, classify_source, pretrained, strategy, 
         assert result.trainable_params == expected_trainable
 
 
-def test_lp_ft_runs_the_probe_from_the_cache_then_fine_tunes(tmp_path, classify_source) -> None:
+def test_lp_ft_runs_the_probe_from_the_cache_then_fine_tunes(tmp_path, classify_source, monkeypatch) -> None:
     params = fast_params(
         tmp_path, classify_source, train={"strategy": "lp_ft", "lp_epochs": 3, "epochs": 2, "batch_size": 8}
     )
@@ -193,9 +205,18 @@ def test_lp_ft_runs_the_probe_from_the_cache_then_fine_tunes(tmp_path, classify_
     history = json.loads((Layout(params.paths).train_log_dir / "metrics.json").read_text())
     assert first.features_computed > 0 and first.epochs_run == 5
     assert history["step"] == 4
+    trained = _state(params)
+    saved_epochs: list[int] = []
+    real_save = loop._save_state
+    monkeypatch.setattr(loop, "_save_state", lambda *a: saved_epochs.append(a[8]) or real_save(*a))
     again = train.run(params)  # finished run is reused, features come from the cache
     assert again.features_computed == 0
-    assert torch.equal(_state(params)["classifier.weight"], _state(params)["classifier.weight"])
+    assert saved_epochs == []  # no fine-tuning epoch ran again
+    assert again.epochs_run == first.epochs_run and again.best_epoch == first.best_epoch
+    rerun = _state(params)
+    assert rerun.keys() == trained.keys()
+    for name in trained:
+        assert torch.equal(rerun[name], trained[name]), name
 
 
 def test_cuda_device_without_gpu_is_a_clear_error() -> None:

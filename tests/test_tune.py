@@ -13,6 +13,7 @@ import yaml
 
 from pipelines import tune
 from pipelines.trials import params_dict
+from pipelines.tune_params import tune_section
 from stages import augment, ingest, split, train, validate
 from stages.core.errors import ParamsError, UserError
 from stages.core.params import Params, load_params, parse_params
@@ -62,7 +63,8 @@ def with_tune(params: Params, tmp_path: Path, **tune_cfg) -> Params:
 
 
 def load(params: Params) -> optuna.Study:
-    return optuna.load_study(study_name=params.tune.study_name, storage=params.tune.storage)
+    cfg = tune_section(params)
+    return optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
 
 
 # --- the on_epoch hook ------------------------------------------------------------------------
@@ -125,7 +127,22 @@ def test_fine_tuning_reports_after_the_checkpoint_and_resumes_consistently(tmp_p
 )
 def test_bad_tune_section_is_one_sentence(tmp_path, tune_cfg, message) -> None:
     with pytest.raises(ParamsError, match=message):
-        parse_params({"data": {"source": str(tmp_path)}, "tune": tune_cfg})
+        tune_section(parse_params({"data": {"source": str(tmp_path)}, "tune": tune_cfg}))
+
+
+def test_tune_cli_refuses_a_bad_tune_section_before_any_work(tmp_path, capsys) -> None:
+    """The stages keep tune: as a mapping; the pipeline validates it first, naming the file and key."""
+    params_file = tmp_path / "params.yaml"
+    raw = {
+        "data": {"source": str(tmp_path)},
+        "paths": {"cache": str(tmp_path / "cache")},
+        "tune": {"trails": 3},
+    }
+    params_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert tune.main(["--params", str(params_file), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {params_file}: unknown key 'tune.trails'; allowed keys here are: trials")
+    assert "\n" not in err and not (tmp_path / "cache").exists()
 
 
 # --- the search -------------------------------------------------------------------------------
@@ -141,7 +158,8 @@ def test_pruner_stops_a_clearly_worse_trial(tmp_path, project) -> None:
         reduction_factor=2,
         study_name="prune",
     )
-    study = tune.open_study(params.tune, params, params.tune.storage, worker=0)
+    cfg = tune_section(params)
+    study = tune.open_study(cfg, params, cfg.storage, worker=0)
     study.enqueue_trial({"lr": 0.05})  # learns: val loss falls fast
     study.enqueue_trial({"lr": 1e-6})  # hardly moves from ln 2
     result = tune.run(params, progress=False)
@@ -269,3 +287,14 @@ def test_detector_trials_drive_the_yolo_trainer_and_report_map_per_epoch(tmp_pat
     best = load_params(params.paths.reports / "tune" / "best_params.yaml")
     assert best.train.detector.lr0 == pytest.approx(load(params).best_params["lr"])
     assert best.data.task == "detect"
+
+
+def test_a_postgresql_storage_without_its_driver_is_one_clear_sentence() -> None:
+    """No psycopg2 in the lock: the error names the fix instead of a SQLAlchemy traceback."""
+    from pipelines.tune import make_storage
+
+    with pytest.raises(UserError, match="uv add psycopg2-binary"):
+        make_storage("postgresql://user:secret@127.0.0.1:1/optuna")
+    with pytest.raises(UserError) as info:
+        make_storage("postgresql://user:secret@127.0.0.1:1/optuna")
+    assert "secret" not in str(info.value)  # the password never reaches a log

@@ -22,7 +22,6 @@ def ul() -> SimpleNamespace:
     Importing ultralytics replaces ``PIL.Image.open`` for the whole process; imported at
     collection time it would change what every other test module sees.
     """
-    pytest.importorskip("ultralytics")
     from ultralytics.cfg import DEFAULT_CFG
     from ultralytics.data.augment import Albumentations
     from ultralytics.data.dataset import YOLODataset

@@ -168,7 +168,7 @@ def network_blocked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_offline_training_with_the_network_blocked_then_a_rerun_reuses_it(prepared, network_blocked) -> None:
     from stages import train
-    from stages.engine.yolo.trainer import META_KEY, load_detector
+    from stages.engine.yolo.trainer import META_KEY, detector_code_digest, load_detector
 
     params = _fresh(prepared, "offline")
     layout = Layout(params.paths)
@@ -180,6 +180,7 @@ def test_offline_training_with_the_network_blocked_then_a_rerun_reuses_it(prepar
     assert result.checkpoint == layout.detector and not result.reused
     model, meta = load_detector(layout.detector)
     assert meta["classes"] == ["bird", "cat"] and meta["task"] == "detect"
+    assert meta["code_digest"] == detector_code_digest()  # the code that trained it
     assert [model.names[i] for i in sorted(model.names)] == ["bird", "cat"]  # the head was re-made
     assert META_KEY in model.ckpt
     curves = layout.train_log_dir / "plots" / "metrics"
@@ -244,7 +245,10 @@ def test_a_killed_run_resumes_from_last_pt(prepared, tmp_path: Path) -> None:
     assert json.loads((runs[0] / "done.json").read_text())["fingerprint"] == runs[0].name
 
 
-def test_fingerprint_changes_with_training_params_but_not_with_the_evaluation_confidence(prepared) -> None:
+def test_fingerprint_changes_with_training_params_and_code_but_not_with_the_evaluation_confidence(
+    prepared, monkeypatch
+) -> None:
+    from stages.core import codebase
     from stages.core.contracts import read_classes, read_parquet
     from stages.dataprep.augmentation import load_policy
     from stages.engine.yolo.trainer import run_fingerprint
@@ -262,6 +266,8 @@ def test_fingerprint_changes_with_training_params_but_not_with_the_evaluation_co
     assert fingerprint(_fresh(prepared, "fp", conf=0.5)) == base
     assert fingerprint(_fresh(prepared, "fp", lr0=0.02)) != base
     assert fingerprint(_fresh(prepared, "fp", freeze=10)) != base
+    monkeypatch.setattr(codebase, "code_digest", lambda *modules: "other code")
+    assert fingerprint(_fresh(prepared, "fp")) != base  # edited training code: a new run folder
 
 
 def test_offline_env_is_applied(monkeypatch) -> None:

@@ -169,5 +169,5 @@ class Layout:
 
     @property
     def strategy_study(self) -> Path:
-        """Optional: written by the strategy study; the report includes it when present."""
+        """Written by the strategy study (tune/dvc.yaml); the report points at it, never reads it."""
         return self.paths.reports / "strategy_study.md"

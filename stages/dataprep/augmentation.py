@@ -3,15 +3,16 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import numpy as np
-from albumentations.core.type_definitions import Targets
 from pydantic import ValidationError
 
 from stages.core.errors import ParamsError
 from stages.core.params import AugmentSection, BboxSection, TransformSpec
+
+if TYPE_CHECKING:  # albumentations imports torch: imported below only where a policy is built or loaded
+    import albumentations as A
 
 BOX_FORMAT = "pascal_voc"  # (x_min, y_min, x_max, y_max) in pixels, as in boxes.parquet
 LABEL_FIELD = "class_labels"
@@ -111,6 +112,8 @@ def build_policy(params: AugmentSection, seed: int, task: str = "classify") -> A
         >>> [type(t).__name__ for t in policy.transforms]
         ['HorizontalFlip', 'RandomBrightnessContrast']
     """
+    import albumentations as A
+
     transforms = [build_transform(spec, task) for spec in transform_specs(params)]
     bbox = bbox_params(params.bbox) if task == "detect" else None
     return A.Compose(transforms, bbox_params=bbox, seed=seed)
@@ -118,6 +121,8 @@ def build_policy(params: AugmentSection, seed: int, task: str = "classify") -> A
 
 def bbox_params(section: BboxSection) -> A.BboxParams:
     """Pixel corners, clipped to the frame, filtered by visibility and area after each transform."""
+    import albumentations as A
+
     return A.BboxParams(
         format=BOX_FORMAT,
         label_fields=[LABEL_FIELD],
@@ -128,6 +133,8 @@ def bbox_params(section: BboxSection) -> A.BboxParams:
 
 
 def build_transform(spec: TransformSpec, task: str = "classify") -> A.BasicTransform | A.BaseCompose:
+    import albumentations as A
+
     cls = getattr(A, spec.name, None)
     if isinstance(cls, type) and spec.name in GROUPS:
         return _build_group(cls, spec, task)
@@ -147,6 +154,8 @@ def build_transform(spec: TransformSpec, task: str = "classify") -> A.BasicTrans
 
 
 def _build_group(cls: type, spec: TransformSpec, task: str) -> A.BaseCompose:
+    import albumentations as A
+
     params = dict(spec.params)
     children = params.pop("transforms", None)
     if not isinstance(children, list) or not children:
@@ -173,6 +182,9 @@ def _build_group(cls: type, spec: TransformSpec, task: str) -> A.BaseCompose:
 
 def _check_targets(cls: type, task: str) -> None:
     """Refuse transforms a trainer cannot use: no image out, or (detection) pixels moved without boxes."""
+    import albumentations as A
+    from albumentations.core.type_definitions import Targets
+
     declared = getattr(cls, "_targets", ())
     targets = set(declared if isinstance(declared, tuple) else (declared,))
     listed = ", ".join(sorted(t.value for t in targets if t is not None)) or "none"
@@ -195,6 +207,8 @@ def _first_lines(exc: Exception) -> str:
 
 def load_policy(path: Path) -> A.Compose:
     """Load the policy the augment stage saved."""
+    import albumentations as A
+
     return A.load(str(path), data_format="json")
 
 
@@ -245,6 +259,7 @@ def augment_sample(
         the policy's visibility or area limits are dropped together with their labels.
 
     Examples:
+        >>> import albumentations as A
         >>> policy = A.Compose([A.HorizontalFlip(p=1)], bbox_params=bbox_params(BboxSection()))
         >>> _, moved, _ = augment_sample(policy, np.zeros((10, 20, 3), np.uint8), [[2, 1, 6, 5]], ["a"], 0)
         >>> moved.round().tolist()

@@ -1,4 +1,10 @@
-"""Image-integrity checks (decode, size, bombs), cached by content hash."""
+"""Image-integrity checks (decode, size, bombs), cached by content hash and decoding code.
+
+An entry lives under ``<cache>/<code digest>/<sha[:2]>/<sha>-<max_pixels>.json``: the digest
+covers this module and the decoding it imports (``stages.dataprep.imaging``) plus Pillow's
+version, so a change to how images are decoded decodes them again. Params arrive as a
+protocol rather than the params model, so editing an unrelated params section keeps the cache.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,27 @@ import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tqdm import tqdm
 
-from stages.core.params import ValidateSection
+from stages.core import codebase
 from stages.dataprep.imaging import ImageReadError, load_rgb, read_header
 
 log = logging.getLogger("stages.validate")
+
+# The code that decides what decoding finds: this module and what it imports.
+INTEGRITY_CODE = ("stages.dataprep.integrity",)
+
+
+class DecodeLimits(Protocol):
+    """What ``check_images`` reads of ``validate`` params (``ValidateSection`` satisfies it)."""
+
+    @property
+    def max_pixels(self) -> int: ...
+
+    @property
+    def workers(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -52,9 +72,10 @@ def inspect_image(path: Path, max_pixels: int) -> IntegrityFacts:
 
 
 def check_images(
-    files: list[Path], hashes: list[str], params: ValidateSection, cache_dir: Path
+    files: list[Path], hashes: list[str], params: DecodeLimits, cache_dir: Path
 ) -> list[IntegrityFacts]:
-    """Inspect files in parallel, reusing cached results for content already decoded."""
+    """Inspect files in parallel, reusing cached results for content already decoded by this code."""
+    cache_dir = code_cache_dir(cache_dir)
     results: dict[int, IntegrityFacts] = {}
     todo: list[int] = []
     for i, sha in enumerate(hashes):
@@ -82,6 +103,11 @@ def check_images(
     for i in todo:
         _write_cache(cache_dir, hashes[i], params.max_pixels, results[i])
     return [results[i] for i in range(len(files))]
+
+
+def code_cache_dir(cache_dir: Path) -> Path:
+    """The part of the cache written by the current decoding code."""
+    return cache_dir / codebase.code_digest(*INTEGRITY_CODE)
 
 
 def _cache_file(cache_dir: Path, sha: str, max_pixels: int) -> Path:

@@ -1,8 +1,10 @@
 """Near-duplicate images: perceptual hashes (cached by content), a sub-quadratic search, clusters.
 
 Hashes are imagehash's 64-bit pHash / dHash / aHash / wHash, stored per image as 16 hex
-digits under ``paths.cache/phash/<sha256[:2]>/<sha256>.json`` so an image is decoded once
-whatever its path. The search is multi-index hashing (Norouzi et al., "Fast search in
+digits under ``paths.cache/phash/<code>/<sha256[:2]>/<sha256>.json`` so an image is decoded once
+whatever its path; ``<code>`` digests this module's code closure and the versions of imagehash
+and the numeric libraries, so changed hashing code never reads hashes the old code wrote.
+The search is multi-index hashing (Norouzi et al., "Fast search in
 Hamming space with multi-index hashing", CVPR 2012): cut each hash into ``m`` chunks; two
 hashes within distance ``r`` agree within ``r // m`` bits on at least one chunk
 (pigeonhole), so every candidate pair is found by looking up, per chunk, each key with at
@@ -30,6 +32,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
+from stages.core import codebase
 from stages.core.errors import DataError
 from stages.dataprep.imaging import to_rgb
 
@@ -43,6 +46,8 @@ HASH_FUNCTIONS = {
     "whash": imagehash.whash,
 }
 CACHE_VERSION = 1
+# The code that decides a hash: this module and what it imports (decoding).
+HASH_CODE = ("stages.dataprep.near_duplicates",)
 _DRAFT_SIZE = (256, 256)  # JPEGs decode at 1/2..1/8 scale when that still covers this (hashes use 32 px)
 _MAX_TABLE_BITS = 22  # chunks up to this width use a direct bucket table (2**22 int32 = 16 MiB)
 
@@ -86,13 +91,14 @@ def compute_hashes(
         files: image files to hash.
         sha256s: their content hashes (the cache key), same order.
         kinds: hash names from ``HASH_FUNCTIONS``.
-        cache_dir: where ``<sha[:2]>/<sha>.json`` entries live.
+        cache_dir: where ``<code>/<sha[:2]>/<sha>.json`` entries live.
         workers: processes decoding images in parallel (1: in this process).
 
     Returns:
         ``{kind: np.ndarray[uint64]}``, one value per file.
     """
     kinds = tuple(kinds)
+    cache_dir = code_cache_dir(cache_dir)
     cached: dict[int, dict[str, str]] = {}
     todo: list[int] = []
     for i, sha in enumerate(sha256s):
@@ -119,6 +125,12 @@ def compute_hashes(
         kind: np.array([int(cached[i][kind], 16) for i in range(len(files))], dtype=np.uint64)
         for kind in kinds
     }
+
+
+def code_cache_dir(cache_dir: Path) -> Path:
+    """The part of the cache written by the current hashing code and imagehash version."""
+    imagehash_version = codebase.library_versions(("imagehash",))["imagehash"]
+    return cache_dir / f"{codebase.code_digest(*HASH_CODE)}-imagehash{imagehash_version}"
 
 
 def _cache_file(cache_dir: Path, sha: str) -> Path:

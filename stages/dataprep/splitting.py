@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from stages.core.errors import DataError
 from stages.core.params import NearDuplicateSection, SplitSection
@@ -277,6 +276,8 @@ def _allocate(
     units: np.ndarray, codes: np.ndarray, targets: dict[str, float], seed: int, found: list[str]
 ) -> np.ndarray:
     """Split name per row: ``StratifiedGroupKFold`` folds over the units, allocated to the targets."""
+    from sklearn.model_selection import StratifiedGroupKFold  # 1-2 s of imports, paid only when splitting
+
     names = [name for name, share in targets.items() if share > 0]
     total = sum(targets[name] for name in names)
     weights = {name: targets[name] / total for name in names}

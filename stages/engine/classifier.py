@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from stages.core.contracts import read_classes, read_parquet
@@ -26,15 +25,16 @@ from stages.core.layout import Layout
 from stages.core.params import Params, TrainSection
 from stages.dataprep.augmentation import load_policy
 from stages.dataprep.torch_datasets import ImageDataset
+from stages.engine.callbacks import EpochCallback
 from stages.engine.device import resolve_device, seed_everything
 from stages.engine.history import log_history
 from stages.engine.linear_probe import fit_linear_head
-from stages.engine.loop import EpochCallback, EpochRecord, fine_tune
+from stages.engine.loop import EpochRecord, fine_tune
 from stages.engine.strategies import group_table, param_groups
 from stages.models.backbones import create_classifier, head_module
 from stages.models.checkpoints import save_checkpoint
 from stages.models.feature_cache import FeatureCache, FeatureRequest
-from stages.models.fingerprints import run_fingerprint
+from stages.models.fingerprints import classifier_code_digest, run_fingerprint
 
 FEATURE_STRATEGIES = {"linear_probe", "lp_ft"}
 
@@ -134,6 +134,7 @@ def train_classifier(params: Params, on_epoch: EpochCallback | None = None) -> T
         "weights_id": backbone.weights_id,
         "best_epoch": best_epoch,
         "seed": seed,
+        "code_digest": classifier_code_digest(),  # the training code (and library versions) behind it
     }
     save_checkpoint(backbone.model, meta, layout.classifier)
     best = history[best_epoch - 1]
@@ -193,10 +194,14 @@ def _targets(rows: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
-    """n_samples / (n_classes * n_class_samples) per class (scikit-learn's 'balanced')."""
-    present = np.unique(y)
+    """n_samples / (n_classes * n_class_samples) per class present (scikit-learn's 'balanced').
+
+    Written out in NumPy: importing scikit-learn for one line cost the train stage seconds.
+    """
+    counts = np.bincount(y, minlength=num_classes)
+    present = np.flatnonzero(counts)
     weights = np.ones(num_classes, dtype=np.float32)
-    weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    weights[present] = len(y) / (len(present) * counts[present].astype(np.float64))
     return torch.from_numpy(weights)
 
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from stages.core.params import TrainSection
-from stages.engine.loop import EpochCallback, EpochRecord, FitResult, epoch_metrics, monitor_score
+from stages.engine.callbacks import EpochCallback
+from stages.engine.loop import EpochRecord, FitResult, epoch_metrics, monitor_score
 from stages.engine.schedule import lr_factor
 
 log = logging.getLogger("stages.train")

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from stages.core.params import TrainSection
 from stages.dataprep.torch_datasets import EpochSampler, ImageDataset
+from stages.engine.callbacks import EpochCallback
 from stages.engine.schedule import lr_factor, set_lrs
 from stages.engine.strategies import (
     apply_freeze,
@@ -34,10 +34,6 @@ from stages.engine.strategies import (
 )
 
 log = logging.getLogger("stages.train")
-
-# Called after every epoch with (1-based epoch, that epoch's validation metrics), by both
-# trainers; the hyper-parameter search reports to its pruner through it and may raise to stop.
-EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)

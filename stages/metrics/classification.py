@@ -21,33 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-    log_loss,
-    precision_recall_curve,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-    top_k_accuracy_score,
-)
-from torchmetrics.functional.classification import multiclass_calibration_error
 
-# Headline metrics in report order; ``top{k}_accuracy`` joins after ``accuracy`` when k < classes.
-HEADLINE = (
-    "accuracy",
-    "balanced_accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "roc_auc_macro",
-    "pr_auc_macro",
-    "log_loss",
-    "ece",
-)
-LOWER_IS_BETTER = frozenset({"log_loss", "ece"})
+from stages.metrics.names import classify_headline
+
+ordered_names = classify_headline  # old name, kept until tests/test_evaluate_metrics.py imports names
+
+# scikit-learn, torch and torchmetrics are imported in the functions that call them, so importing
+# this module (evaluate's --help, the numpy bootstrap) costs none of them.
 PER_CLASS = ("precision", "recall", "f1")
 BLOCK = 250  # resamples per vectorised block (memory: BLOCK x images floats per array)
 
@@ -86,6 +66,16 @@ def image_losses(y_true: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
 
 def point_metrics(y_true: np.ndarray, probabilities: np.ndarray, options: Options) -> dict[str, float]:
     """Every headline metric on the whole split, from scikit-learn and torchmetrics."""
+    import torch
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        log_loss,
+        precision_recall_fscore_support,
+        top_k_accuracy_score,
+    )
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     p = normalise(probabilities)
     num_classes = p.shape[1]
     labels = list(range(num_classes))
@@ -119,6 +109,8 @@ def point_metrics(y_true: np.ndarray, probabilities: np.ndarray, options: Option
 
 def per_class_auc(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
     """One-vs-rest ROC-AUC and average precision per class (NaN where undefined)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     p = normalise(probabilities)
     roc, ap = np.full(p.shape[1], np.nan), np.full(p.shape[1], np.nan)
     for c in range(p.shape[1]):
@@ -128,12 +120,6 @@ def per_class_auc(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, np
             if not positive.all():
                 roc[c] = roc_auc_score(positive, p[:, c])
     return {"roc_auc": roc, "pr_auc": ap}
-
-
-def ordered_names(metrics: dict) -> list[str]:
-    """Headline names in report order (``top{k}_accuracy`` after accuracy when present)."""
-    top = [name for name in metrics if name.startswith("top") and name.endswith("_accuracy")]
-    return ["accuracy", *top, *HEADLINE[1:]]
 
 
 # --- bootstrap (vectorised) -----------------------------------------------------------------
@@ -203,6 +189,8 @@ def batched_average_precision(weights: np.ndarray, positive: np.ndarray, scores:
 
 def calibration_bins(confidence: np.ndarray, bins: int) -> np.ndarray:
     """Bin index per image, exactly as torchmetrics bins it (``bucketize(..., right=True) - 1``)."""
+    import torch
+
     boundaries = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     return (torch.bucketize(torch.from_numpy(confidence), boundaries, right=True) - 1).numpy()
 
@@ -297,7 +285,7 @@ def compute_metrics(
     metrics: dict[str, float | None] = {}
     if intervals is None:
         intervals = bootstrap(y_true, probabilities, options)[0] if options.resamples else {}
-    for name in ordered_names(points):
+    for name in classify_headline(points):
         metrics[name] = _round(points[name])
         if name in intervals:
             low, high = intervals[name]
@@ -313,6 +301,8 @@ def per_class_table(
     intervals: dict[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """One row per class: precision / recall / F1 with intervals, ROC-AUC, AP, support."""
+    from sklearn.metrics import precision_recall_fscore_support
+
     p = normalise(probabilities)
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -341,6 +331,8 @@ def curves(
 ) -> dict[str, list[dict]]:
     """DVC plot rows per class (one-vs-rest): ``roc`` {class, fpr, tpr}, ``pr_curve`` {class,
     recall, precision}, ``f1_confidence`` {class, confidence, f1}; at most ``max_points`` each."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     p = normalise(probabilities)
     roc, pr, f1 = [], [], []
     for c, name in enumerate(classes):

@@ -22,12 +22,12 @@ import pandas as pd
 from stages.core.contracts import (
     DETECTION_PREDICTION_COLUMNS,
 )
+from stages.metrics.names import DETECT_HEADLINE
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCO
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's 101-point interpolation
 MAX_DETECTIONS = 100
 BACKGROUND = "background"
-HEADLINE = ("map50", "map50_95", "precision", "recall")
 
 
 # --- matching ---------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def bootstrap(matches: Matches, conf: float, resamples: int, confidence: float, 
     picks = rng.integers(0, n, size=(resamples, n))
     weights = np.zeros((resamples, n))
     np.add.at(weights, (np.repeat(np.arange(resamples), n), picks.ravel()), 1.0)
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in HEADLINE}
+    samples: dict[str, list[np.ndarray]] = {k: [] for k in DETECT_HEADLINE}
     detections = max(1, max((len(s) for s in matches.det_score), default=1))
     chunk = max(1, int(4_000_000 // (detections * len(IOU_THRESHOLDS))))
     for start in range(0, resamples, chunk):
@@ -333,7 +333,7 @@ def predictions_table(
             ious = box_iou(boxes, truth["boxes"][gt_index])
             taken = np.zeros(len(gt_index), dtype=bool)
             for d in range(len(boxes)):
-                candidates = np.where(~taken & (ious[d] >= 0.5), ious[d], -1) if len(gt_index) else []
+                candidates = np.where(~taken & (ious[d] >= 0.5), ious[d], -1.0)
                 hit = len(gt_index) > 0 and candidates.max() >= 0.5
                 if hit:
                     g = int(np.argmax(candidates))

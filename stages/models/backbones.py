@@ -4,6 +4,10 @@
 (timm's own download, only when online), ``none`` (random init), or a path to a local
 state-dict file. Preprocessing always comes from the model's pretrained config, with the
 overrides the offline checkpoint needs, never from hard-coded numbers elsewhere.
+
+timm is imported where a model or transform is built: it pulls torchvision and torch._dynamo
+(seconds), which modules that only need ``Preprocessing`` or ``Backbone`` (datasets, YOLO)
+should not pay.
 """
 
 from __future__ import annotations
@@ -13,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 from stages.core.errors import UserError
@@ -71,6 +73,8 @@ class Preprocessing:
 
     def transform(self) -> Any:
         """PIL image -> normalised tensor, as at evaluation time (resize, centre crop)."""
+        from timm.data import create_transform
+
         return create_transform(
             input_size=self.input_size,
             is_training=False,
@@ -168,6 +172,9 @@ def _init_head(head: nn.Linear) -> None:
 
 
 def _timm_model(name: str, weights: str, num_classes: int) -> tuple[nn.Module, dict]:
+    import timm
+    from timm.data import resolve_data_config
+
     try:
         model = timm.create_model(name, pretrained=weights == "hub", num_classes=num_classes)
     except RuntimeError as exc:

@@ -1,8 +1,10 @@
 """Backbone features computed once per (image, view) and cached on disk.
 
 The key holds everything that changes a feature vector: backbone, weights, preprocessing,
-image content, and for augmented views the policy and the view's seed. A rerun with another
-head learning rate therefore never touches the backbone.
+the code that computes it (this module's import closure: decoding, augmentation, backbones,
+plus the numeric libraries' versions), image content, and for augmented views the policy and
+the view's seed. A rerun with another head learning rate therefore never touches the backbone,
+and an edit to the augmentation code never hands back vectors the old code computed.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from stages.core import codebase
 from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, augment_image
 from stages.dataprep.imaging import load_rgb
 from stages.models.backbones import Backbone, pooled_features
+
+# The code that decides a feature vector: this module and what it imports.
+FEATURE_CODE = ("stages.models.feature_cache",)
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,13 @@ class FeatureRequest:
 
 
 def model_key(backbone: Backbone, name: str) -> str:
-    spec = {"backbone": name, "weights": backbone.weights_id, "pre": backbone.preprocessing.as_dict()}
+    """The cache folder of one backbone: every vector in it was computed by the same model and code."""
+    spec = {
+        "backbone": name,
+        "weights": backbone.weights_id,
+        "pre": backbone.preprocessing.as_dict(),
+        "code": codebase.code_digest(*FEATURE_CODE),
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 

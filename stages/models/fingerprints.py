@@ -1,15 +1,33 @@
-"""Run fingerprints: what identifies a training run, so a cache can resume or reuse it."""
+"""Run fingerprints: what identifies a training run, so a cache can resume or reuse it.
+
+A fingerprint holds the params, data, weights, augmentation policy and the digest of the
+code that trains (``stages.core.codebase.code_digest``): edit the training loop and the next
+``train`` trains again instead of handing back the model the old code made.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
+from stages.core import codebase
 from stages.core.params import Params
 from stages.dataprep.augmentation import VIEW_SEEDING_VERSION
-from stages.models.backbones import Backbone
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from stages.models.backbones import Backbone
+
+# The module that trains a classifier; its import closure (loop, strategies, schedules, datasets,
+# augmentation, backbones, feature cache...) is the code a finished run's weights depend on.
+CLASSIFIER_CODE = ("stages.engine.classifier",)
+
+
+def classifier_code_digest() -> str:
+    """Digest of the classifier-training code and the numeric libraries' versions."""
+    return codebase.code_digest(*CLASSIFIER_CODE)
 
 
 def run_fingerprint(params: Params, frame: pd.DataFrame, backbone: Backbone, policy) -> str:
@@ -27,6 +45,7 @@ def run_fingerprint(params: Params, frame: pd.DataFrame, backbone: Backbone, pol
         "policy": A.to_dict(policy),
         "view_seeding": VIEW_SEEDING_VERSION,
         "data": list(zip(data["sha256"], data["label"].astype(str), data["split"], strict=True)),
+        "code": classifier_code_digest(),
     }
     text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import numpy as np
 import pandas as pd
 
 from stages.core.params import Params
-from stages.dataprep.augmentation import BOX_COLUMNS, augment_image, augment_sample
 from stages.dataprep.imaging import load_rgb
+
+if TYPE_CHECKING:  # albumentations imports torch: only the augment stage, which draws this, pays for it
+    import albumentations as A
 
 
 def render_preview(
@@ -23,6 +24,8 @@ def render_preview(
 ) -> Path | None:
     """A grid: each row one training image, original then augmented views (boxes drawn if given)."""
     import matplotlib.pyplot as plt
+
+    from stages.dataprep.augmentation import BOX_COLUMNS, augment_image, augment_sample
 
     if train.empty:
         return None
@@ -51,7 +54,7 @@ def render_preview(
         for col, (panel, panel_boxes, panel_names) in enumerate(panels):
             axis = axes[row][col]
             axis.imshow(panel)
-            if panel_boxes is not None:
+            if panel_boxes is not None and panel_names is not None:
                 _draw_boxes(axis, panel_boxes, panel_names, colours)
             axis.set_xticks([])
             axis.set_yticks([])

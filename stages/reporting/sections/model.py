@@ -1,0 +1,77 @@
+"""The model: the training parameters that decide it, its size and the epochs it ran."""
+
+from __future__ import annotations
+
+from stages.core.params import Params
+from stages.reporting.inputs import ReportInputs, read_history, read_json
+from stages.reporting.markdown import Section
+
+TRAIN_KEYS = (
+    "backbone",
+    "weights",
+    "strategy",
+    "epochs",
+    "lp_epochs",
+    "batch_size",
+    "image_size",
+    "optimizer",
+    "lr",
+    "backbone_lr_mult",
+    "weight_decay",
+    "schedule",
+    "label_smoothing",
+    "imbalance",
+    "aug_views",
+)
+
+
+def model_phrase(params: Params, task: str) -> str:
+    """The model in one phrase, for the page's opening sentence."""
+    train = params.train
+    detector = getattr(train, "detector", None)
+    if task == "detect" and detector is not None:
+        return f"YOLO detector fine-tuned from `{detector.weights}` weights"
+    return (
+        f"Classifier fine-tuned from `{train.backbone}` ({train.weights} weights, "
+        f"strategy `{train.strategy}`)"
+    )
+
+
+def parameter_rows(params: Params, task: str) -> list[str]:
+    """``| train.<key> | value |`` rows: the detector's settings, or the classifier's ``TRAIN_KEYS``
+    (``lp_epochs`` only for ``lp_ft``, where it is used)."""
+    detector = getattr(params.train, "detector", None)
+    if task == "detect" and detector is not None:
+        return [
+            f"| train.detector.{key} | {value} |"
+            for key, value in detector.model_dump().items()
+            if value is not None and value != {}
+        ]
+    train = params.train.model_dump()
+    return [
+        f"| train.{key} | {train[key]} |"
+        for key in TRAIN_KEYS
+        if key in train
+        and train[key] is not None
+        and not (key == "lp_epochs" and params.train.strategy != "lp_ft")
+    ]
+
+
+def render(inputs: ReportInputs) -> Section:
+    params, log_dir = inputs.params, inputs.layout.train_log_dir
+    section = Section("Model")
+    lines = section.lines
+    lines += ["| parameter | value |", "|---|---|", f"| task | {inputs.task} |"]
+    lines += parameter_rows(params, inputs.task)
+    run_info = read_json(log_dir / "run.json", {})
+    if "total_params" in run_info:
+        lines.append(f"| parameters (total) | {run_info['total_params']:,} |")
+    history = read_history(log_dir)
+    if not history.empty:
+        lines.append(f"| epochs run | {int(history['step'].max()) + 1} |")
+    lines += [
+        f"| seed | {params.base.seed} |",
+        "",
+        "All parameters: `params.yaml` (`dvc params diff` compares them between commits).",
+    ]
+    return section
