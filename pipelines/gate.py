@@ -19,7 +19,6 @@ import pipelines  # noqa: F401  (offline environment first)
 import argparse
 import json
 import math
-import re
 import subprocess
 import sys
 import traceback
@@ -33,11 +32,10 @@ from pipelines.gate_params import GateMetric, GateSection, gate_section
 from stages.core.errors import UserError
 from stages.core.layout import Layout
 from stages.core.params import DEFAULT_PARAMS_FILE, Params, load_params
+from stages.metrics.names import GATED, lower_is_better
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 CRASHED = 3  # a bug in the gate (traceback printed): never read as a regression
-HEADLINE = {"classify": ("accuracy", "f1_macro"), "detect": ("map50_95", "map50")}
-LOWER_IS_BETTER = re.compile(r"(^|_)(loss|error|ece|brier|mae|mse|rmse)$")
 INTERVAL_SUFFIXES = ("_ci_low", "_ci_high")
 EPSILON = 1e-12  # metrics.json rounds to 6 decimals; equal values must compare equal
 
@@ -55,7 +53,7 @@ class Rule:
 
     @classmethod
     def of(cls, metric: GateMetric, gate: GateSection) -> Rule:
-        better = metric.better or ("lower" if LOWER_IS_BETTER.search(metric.name) else "higher")
+        better = metric.better or ("lower" if lower_is_better(metric.name) else "higher")
         tolerance = gate.tolerance if metric.tolerance is None else metric.tolerance
         intervals = gate.intervals if metric.intervals is None else metric.intervals
         return cls(metric.name, better, tolerance, intervals)
@@ -136,7 +134,7 @@ def _with(row: Row, verdict: str, detail: str) -> Row:
 
 
 def watched_rules(gate: GateSection, task: str) -> list[Rule]:
-    metrics = gate.metrics or tuple(GateMetric(name=n) for n in HEADLINE.get(task, HEADLINE["classify"]))
+    metrics = gate.metrics or tuple(GateMetric(name=n) for n in GATED.get(task, GATED["classify"]))
     return [Rule.of(m, gate) for m in metrics]
 
 

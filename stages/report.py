@@ -16,8 +16,6 @@ from pathlib import Path
 from stages.core.cli import exit_with
 from stages.core.layout import Layout
 from stages.core.params import Params
-from stages.reporting.html import to_html
-from stages.reporting.page import render_page
 
 STAGE = "report"
 
@@ -34,6 +32,9 @@ class ReportResult:
 
 def run(params: Params) -> ReportResult:
     """Render the report and its figures from the other stages' outputs."""
+    from stages.reporting.html import to_html  # matplotlib and pandas: imported when the page renders
+    from stages.reporting.page import render_page
+
     layout = Layout(params.paths)
     layout.figures_dir.mkdir(parents=True, exist_ok=True)
     for old in layout.figures_dir.glob("*.png"):  # a figure this run does not draw must not linger

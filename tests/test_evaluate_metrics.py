@@ -11,6 +11,7 @@ import torch
 from sklearn.metrics import log_loss
 
 from stages.metrics import classification as cm
+from stages.metrics.names import classify_headline
 
 # 4 images, 2 classes: predictions [0, 1, 1, 1] against labels [0, 0, 1, 1].
 Y4 = np.array([0, 0, 1, 1])
@@ -49,7 +50,7 @@ def test_top_k_and_per_image_loss() -> None:
     m = cm.point_metrics(y, p, cm.Options(top_k=2))
     assert m["accuracy"] == pytest.approx(1 / 3)
     assert m["top2_accuracy"] == pytest.approx(1.0)
-    assert list(cm.ordered_names(m))[:2] == ["accuracy", "top2_accuracy"]
+    assert list(classify_headline(m))[:2] == ["accuracy", "top2_accuracy"]
     losses = cm.image_losses(y, p)
     np.testing.assert_allclose(losses, -np.log([0.5, 0.3, 0.3]))
     assert losses.mean() == pytest.approx(log_loss(y, p))

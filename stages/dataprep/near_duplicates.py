@@ -24,12 +24,9 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from stages.core import codebase
@@ -39,12 +36,8 @@ from stages.dataprep.imaging import to_rgb
 log = logging.getLogger("stages.dataprep.near_duplicates")
 
 HASH_BITS = 64
-HASH_FUNCTIONS = {
-    "phash": imagehash.phash,
-    "dhash": imagehash.dhash,
-    "ahash": imagehash.average_hash,
-    "whash": imagehash.whash,
-}
+# Hash name -> imagehash function name (imagehash is imported where the hashing runs).
+HASH_FUNCTIONS = {"phash": "phash", "dhash": "dhash", "ahash": "average_hash", "whash": "whash"}
 CACHE_VERSION = 1
 # The code that decides a hash: this module and what it imports (decoding).
 HASH_CODE = ("stages.dataprep.near_duplicates",)
@@ -71,7 +64,9 @@ def hash_image(path: Path, kinds: Sequence[str]) -> dict[str, str]:
             f"{path}: cannot be decoded for near-duplicate hashing ({exc}); re-run validate, which "
             "quarantines unreadable images."
         ) from None
-    return {kind: str(HASH_FUNCTIONS[kind](rgb)) for kind in kinds}
+    import imagehash
+
+    return {kind: str(getattr(imagehash, HASH_FUNCTIONS[kind])(rgb)) for kind in kinds}
 
 
 def _hash_job(args: tuple[Path, tuple[str, ...]]) -> dict[str, str]:
@@ -343,6 +338,9 @@ def connected_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     i = np.asarray(i, dtype=np.int64)
     j = np.asarray(j, dtype=np.int64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n)).tocsr()
     _, labels = connected_components(graph, directed=True, connection="weak")
     return labels.astype(np.int64)

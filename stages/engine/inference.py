@@ -1,4 +1,5 @@
-"""Batched classifier inference, preprocessed exactly as in training."""
+"""Batched classifier inference, preprocessed and laid out exactly as the cached features a
+linear-probe head was trained on (the same ``inference_network``/``inference_batch`` helpers)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ import torch
 from tqdm import tqdm
 
 from stages.dataprep.imaging import load_rgb
+from stages.models.backbones import inference_batch, inference_network
 
 
 @torch.inference_mode()
 def predict(model, files: list[Path], device: torch.device, batch_size: int) -> np.ndarray:
     """Softmax probabilities for each file, preprocessed as in training."""
-    network = model.model.to(device).eval()
     transform = model.preprocessing.transform()
     outputs = []
-    for start in tqdm(
-        range(0, len(files), batch_size), desc="evaluate: predicting", unit="batch", leave=False
-    ):
-        batch = torch.stack([transform(load_rgb(f)) for f in files[start : start + batch_size]])
-        outputs.append(torch.softmax(network(batch.to(device)).float(), dim=1).cpu().numpy())
+    with inference_network(model.model, device) as network:
+        for start in tqdm(
+            range(0, len(files), batch_size), desc="evaluate: predicting", unit="batch", leave=False
+        ):
+            images = [transform(load_rgb(f)) for f in files[start : start + batch_size]]
+            batch = inference_batch(images, device)
+            outputs.append(torch.softmax(network(batch).float(), dim=1).cpu().numpy())
     return np.concatenate(outputs)

@@ -24,8 +24,6 @@ import pandas as pd
 
 from stages.metrics.names import classify_headline
 
-ordered_names = classify_headline  # old name, kept until tests/test_evaluate_metrics.py imports names
-
 # scikit-learn, torch and torchmetrics are imported in the functions that call them, so importing
 # this module (evaluate's --help, the numpy bootstrap) costs none of them.
 PER_CLASS = ("precision", "recall", "f1")

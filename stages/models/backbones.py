@@ -13,6 +13,8 @@ should not pay.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +259,32 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     finally:
         hook.remove()
     return captured[0]
+
+
+# The layout the frozen network runs in for cached features and for evaluate's predictions. On CPU
+# channels_last is about 1.7x faster for EfficientNet's depthwise convolutions; the numbers differ
+# from NCHW by ~1e-5, so the feature-cache key records it and both paths share these two helpers.
+INFERENCE_MEMORY_FORMAT = torch.channels_last
+
+
+@contextmanager
+def inference_network(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` on ``device`` in eval mode and ``INFERENCE_MEMORY_FORMAT``; the weights go back to
+    the default layout afterwards, so fine-tuning after a linear probe trains exactly as before.
+    The copies are made outside inference mode: inference tensors could not be trained later."""
+    with torch.inference_mode(False):
+        model.to(device).eval()
+        model.to(memory_format=INFERENCE_MEMORY_FORMAT)
+    try:
+        yield model
+    finally:
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.contiguous_format)
+
+
+def inference_batch(images: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Preprocessed images stacked into one batch on ``device``, laid out as ``inference_network``."""
+    return torch.stack(list(images)).to(device).contiguous(memory_format=INFERENCE_MEMORY_FORMAT)
 
 
 def layer_ids(model: nn.Module, coarse: bool, modules: bool = False) -> dict[str, int]:

@@ -25,7 +25,13 @@ from tqdm import tqdm
 from stages.core import codebase
 from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, augment_image
 from stages.dataprep.imaging import load_rgb
-from stages.models.backbones import Backbone, pooled_features
+from stages.models.backbones import (
+    INFERENCE_MEMORY_FORMAT,
+    Backbone,
+    inference_batch,
+    inference_network,
+    pooled_features,
+)
 
 # The code that decides a feature vector: this module and what it imports.
 FEATURE_CODE = ("stages.models.feature_cache",)
@@ -46,6 +52,7 @@ def model_key(backbone: Backbone, name: str) -> str:
         "backbone": name,
         "weights": backbone.weights_id,
         "pre": backbone.preprocessing.as_dict(),
+        "memory_format": str(INFERENCE_MEMORY_FORMAT),  # channels_last and NCHW differ by ~1e-5
         "code": codebase.code_digest(*FEATURE_CODE),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -98,20 +105,23 @@ class FeatureCache:
     def _compute(
         self, requests: list[FeatureRequest], device: torch.device, batch_size: int, desc: str
     ) -> None:
-        model = self.backbone.model.to(device).eval()
         transform = self.backbone.preprocessing.transform()
-        for start in tqdm(range(0, len(requests), batch_size), desc=desc, unit="batch", leave=False):
-            chunk = requests[start : start + batch_size]
-            batch = torch.stack([transform(self._view(r)) for r in chunk]).to(device)
-            pooled = pooled_features(model, batch)
-            for request, vector in zip(chunk, pooled.float().cpu().numpy(), strict=True):
-                target = self.path(request)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # One temporary name per process: two tuning workers may compute the same vector.
-                tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
-                np.save(tmp, vector)
-                tmp.replace(target)  # atomic: a killed run never leaves half a file
-            self.computed += len(chunk)
+        with inference_network(self.backbone.model, device) as model:
+            for start in tqdm(range(0, len(requests), batch_size), desc=desc, unit="batch", leave=False):
+                chunk = requests[start : start + batch_size]
+                batch = inference_batch([transform(self._view(r)) for r in chunk], device)
+                pooled = pooled_features(model, batch)
+                for request, vector in zip(chunk, pooled.float().cpu().numpy(), strict=True):
+                    self._store(request, vector)
+                self.computed += len(chunk)
+
+    def _store(self, request: FeatureRequest, vector: np.ndarray) -> None:
+        target = self.path(request)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # One temporary name per process: two tuning workers may compute the same vector.
+        tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, vector)
+        tmp.replace(target)  # atomic: a killed run never leaves half a file
 
     def _view(self, request: FeatureRequest) -> Image.Image:
         image = load_rgb(request.file)

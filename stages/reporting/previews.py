@@ -23,7 +23,7 @@ def render_preview(
     boxes: pd.DataFrame | None = None,
 ) -> Path | None:
     """A grid: each row one training image, original then augmented views (boxes drawn if given)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no backend or global figure state to set up
 
     from stages.dataprep.augmentation import BOX_COLUMNS, augment_image, augment_sample
 
@@ -34,9 +34,8 @@ def render_preview(
     )
     views = params.augment.preview.views
     colours = _class_colours(boxes)
-    fig, axes = plt.subplots(
-        len(chosen), views + 1, figsize=(2.4 * (views + 1), 2.4 * len(chosen) + 0.4), squeeze=False
-    )
+    fig = Figure(figsize=(2.4 * (views + 1), 2.4 * len(chosen) + 0.4))
+    axes = fig.subplots(len(chosen), views + 1, squeeze=False)
     for row, (_, item) in enumerate(chosen.iterrows()):
         image = np.asarray(load_rgb(params.data.source / item["path"]))
         seeds = [params.base.seed + row * 100 + k for k in range(views)]
@@ -66,7 +65,6 @@ def render_preview(
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
-    plt.close(fig)
     return out
 
 
