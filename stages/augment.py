@@ -1,17 +1,6 @@
-"""Stage ``augment``: turn params into an albumentations policy, save it, and render a preview.
+"""Stage ``augment``: build the albumentations policy from params, save it, render a preview.
 
-The saved policy (albumentations' own serialisation) is exactly what the trainers apply, so
-the preview a person looks at and the training run cannot disagree.
-
-Classification policies change the image only. Detection policies (``data.task: detect``)
-also carry albumentations' ``BboxParams``: boxes are absolute pixel corners (``pascal_voc``,
-the layout of ``boxes.parquet``), clipped to the frame, and dropped when less than
-``augment.bbox.min_visibility`` of a box stays in view or its area falls under
-``augment.bbox.min_area`` pixels. A detection policy accepts only transforms that move boxes
-with the pixels or change pixel values alone.
-
-This module never imports ultralytics (AGPL boundary): the YOLO side lives in
-``stages/engine/yolo/augment.py``.
+The policy rules (presets, box safety, seeding) live in ``stages/dataprep/augmentation.py``.
 """
 
 from __future__ import annotations

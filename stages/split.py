@@ -1,19 +1,6 @@
 """Stage ``split``: train/val/test without leakage, seeded, stratified, and audited.
 
-Images that must not be separated are joined into split units: identical bytes (same
-sha256), near-duplicates (perceptual hashes within ``split.near_duplicates.max_distance``,
-found by ``stages.dataprep.near_duplicates``) and groups (``split.groups``,
-``stages.dataprep.groups``). A unit
-never crosses splits. scikit-learn's ``StratifiedGroupKFold`` deals the units into folds,
-stratified on the label (detection: on the image's class set), and whole folds are then
-allocated to train/val/test to match ``split.fractions``.
-
-A predefined split (folders, a manifest column or ``split.predefined_file``) is honoured by
-default. When it has only train and val, its val becomes the test set (held-out evaluation)
-and val is carved from train, leakage-aware. Either way the audit lists every cross-split
-pair of identical or near-duplicate images and every group found in two splits
-(``reports/leakage.json`` and a contact sheet), and the stage fails when they exceed
-``split.leakage``.
+How units, folds and the audit work: ``stages/dataprep/splitting.py`` and ``stages/dataprep/leakage.py``.
 """
 
 from __future__ import annotations

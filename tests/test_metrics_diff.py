@@ -77,9 +77,9 @@ def _real_plots() -> list:
 @pytest.fixture(scope="module")
 def two_commits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("diff")
-    template = REPO_ROOT / "stages" / "plot_templates" / "by_class.json"
-    (root / "stages" / "plot_templates").mkdir(parents=True)
-    shutil.copy(template, root / "stages" / "plot_templates" / template.name)
+    template = REPO_ROOT / "stages" / "reporting" / "plot_templates" / "by_class.json"
+    (root / "stages" / "reporting" / "plot_templates").mkdir(parents=True)
+    shutil.copy(template, root / "stages" / "reporting" / "plot_templates" / template.name)
     (root / "make_metrics.py").write_text(SCRIPT, encoding="utf-8")
     stage = {
         "cmd": "python make_metrics.py",

@@ -1,3 +1,19 @@
+"""Augmentation policies: params -> an albumentations ``Compose``, saved, loaded and seeded per view.
+
+The saved policy (albumentations' own serialisation) is exactly what the trainers apply, so
+the preview a person looks at and the training run cannot disagree.
+
+Classification policies change the image only. Detection policies (``data.task: detect``)
+also carry albumentations' ``BboxParams``: boxes are absolute pixel corners (``pascal_voc``,
+the layout of ``boxes.parquet``), clipped to the frame, and dropped when less than
+``augment.bbox.min_visibility`` of a box stays in view or its area falls under
+``augment.bbox.min_area`` pixels. A detection policy accepts only transforms that move boxes
+with the pixels or change pixel values alone.
+
+This module never imports ultralytics (AGPL boundary): the YOLO side lives in
+``stages/engine/yolo/augment.py``.
+"""
+
 from __future__ import annotations
 
 import random
