@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from prefect.client.schemas.schedules import CronSchedule
-from prefect.schedules import Cron
+from prefect.schedules import Cron, Schedule
 from prefect.settings import PREFECT_API_URL
 
 from pipelines.flow import (
@@ -46,7 +46,7 @@ def deployment_parameters(args: argparse.Namespace) -> dict[str, Any]:
     return parameters
 
 
-def check_schedule(cron: str, timezone: str) -> Cron:
+def check_schedule(cron: str, timezone: str) -> Schedule:
     """The schedule, or a one-sentence error for a cron expression or time zone Prefect rejects."""
     try:
         CronSchedule(cron=cron, timezone=timezone)

@@ -26,10 +26,10 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 from dvc.exceptions import DownloadError, DvcException, UploadError
@@ -38,10 +38,10 @@ from dvc.repo import Repo, lock_repo
 from dvc.stage.cache import RunCacheNotFoundError
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import Completed, Failed, State
-from prefect.tasks import Task, exponential_backoff
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.client.schemas.objects import State, TaskRun  # prefect.states does not export State
+from prefect.states import Completed, Failed
+from prefect.tasks import RetryConditionCallable, Task, exponential_backoff
 
 import stages
 from stages.core.errors import UserError
@@ -101,7 +101,17 @@ def retry_if_transient(task: Task, task_run: TaskRun, state: State) -> bool:
     return is_transient(exc if isinstance(exc, BaseException) else None)
 
 
-RETRYING = {
+class RetryOptions(TypedDict, total=False):
+    """The ``@task`` keywords shared by the retrying tasks (a subset of ``task()``'s own parameters)."""
+
+    retries: int
+    retry_delay_seconds: Callable[[int], list[float]]
+    retry_jitter_factor: float
+    retry_condition_fn: RetryConditionCallable
+    cache_policy: CachePolicy
+
+
+RETRYING: RetryOptions = {
     "retries": 2,
     "retry_delay_seconds": exponential_backoff(backoff_factor=10),
     "retry_jitter_factor": 0.5,

@@ -58,6 +58,10 @@ class Rule:
         intervals = gate.intervals if metric.intervals is None else metric.intervals
         return cls(metric.name, better, tolerance, intervals)
 
+    def limit_from(self, base: float) -> float:
+        """The base value moved by the tolerance in the bad direction."""
+        return base - self.tolerance if self.better == "higher" else base + self.tolerance
+
 
 @dataclass(frozen=True)
 class Row:
@@ -72,13 +76,7 @@ class Row:
     @property
     def limit(self) -> float | None:
         """The base value moved by the tolerance in the bad direction."""
-        if self.base is None:
-            return None
-        return (
-            self.base - self.rule.tolerance
-            if self.rule.better == "higher"
-            else self.base + self.rule.tolerance
-        )
+        return None if self.base is None else self.rule.limit_from(self.base)
 
 
 @dataclass
@@ -108,16 +106,17 @@ def judge(rule: Rule, base: dict, new: dict) -> Row:
     if old is None or now is None:
         side = " and ".join(s for s, v in (("the base", old), ("this change", now)) if v is None)
         return _with(row, "missing", f"no numeric value in {side}")
-    limit = row.limit
+    limit = rule.limit_from(old)
     higher = rule.better == "higher"
     # With intervals, the end of the new interval nearest to the base must still be beyond the limit.
-    use_interval = rule.intervals and low is not None and high is not None
-    decisive = (high if higher else low) if use_interval else now
+    if rule.intervals and low is not None and high is not None:
+        decisive, end = (high, "upper end") if higher else (low, "lower end")
+    else:
+        decisive, end = now, "value"
     beyond = decisive < limit - EPSILON if higher else decisive > limit + EPSILON
     worse = now < old - EPSILON if higher else now > old + EPSILON
     better = now > old + EPSILON if higher else now < old - EPSILON
     sign = "<" if higher else ">"
-    end = ("upper" if higher else "lower") + " end" if use_interval else "value"
     if beyond:
         return _with(row, "regression", f"{end} {decisive:.4f} {sign} {limit:.4f}")
     if worse and (now < limit - EPSILON if higher else now > limit + EPSILON):
@@ -223,7 +222,10 @@ def decide(
         return Decision(
             PASS, f"PASS (accepted): {' and '.join(accepted)} against {base_name}.", rows, notes, other
         )
-    moves = ", ".join(f"{r.rule.name} {_signed(r.new - r.base)}" for r in rows)
+    # Every row has both values here ("missing" returned above); the filter only says so to the type checker.
+    moves = ", ".join(
+        f"{r.rule.name} {_signed(r.new - r.base)}" for r in rows if r.new is not None and r.base is not None
+    )
     return Decision(
         PASS,
         f"PASS: no watched metric got worse beyond chance and tolerance against {base_name} ({moves}).",

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tqdm import tqdm
 
@@ -40,6 +40,9 @@ from pipelines.tune_params import tune_section
 from stages import evaluate, train
 from stages.core.errors import UserError
 from stages.core.params import DEFAULT_PARAMS_FILE, Params, load_params
+
+if TYPE_CHECKING:
+    from stages.engine.classifier import TrainResult
 
 log = logging.getLogger("pipelines.strategy_study")
 STUDY_MD = "strategy_study.md"
@@ -87,7 +90,7 @@ def run_one(params: Params, strategy: str, seed: int, root: Path) -> StudyRun:
     run = run_params(params, budget_overrides(params, strategy, seed), root / strategy / f"seed_{seed}")
     write_policy(run)
     started = time.perf_counter()
-    trained = train.run(run)
+    trained = cast("TrainResult", train.run(run))  # a classifier: run() refused data.task != classify
     wall = time.perf_counter() - started
     metrics = evaluate.run(run).metrics
     drop_checkpoint(run)
@@ -224,7 +227,7 @@ def _fmt(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.strategy_study", description=__doc__.splitlines()[0]
+        prog="python -m pipelines.strategy_study", description=__doc__.splitlines()[0] if __doc__ else None
     )
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE, help="params file (read only)")
     parser.add_argument("--strategies", nargs="+", help="override tune.study.strategies")

@@ -112,9 +112,9 @@ def suggest(trial: optuna.Trial, cfg: TuneSection, base: Params) -> dict[str, An
     detect = base.data.task == "detect"
     if space.strategy is not None and not detect:
         chosen["strategy"] = (
-            trial.suggest_categorical("strategy", list(space.strategy))
-            if len(space.strategy) > 1
-            else space.strategy[0]
+            space.strategy[0]
+            if len(space.strategy) == 1  # min_length=1: one choice or more
+            else trial.suggest_categorical("strategy", list(space.strategy))
         )
     strategy = chosen.get("strategy", base.train.strategy)
     for name in ("lr", "weight_decay"):
@@ -297,13 +297,15 @@ class Objective:
                 drop_checkpoint(params)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
-        if hasattr(result, "trainable_params"):
-            trial.set_user_attr("trainable_params", result.trainable_params)
+        trainable = getattr(result, "trainable_params", None)  # a classifier's result only
+        if trainable is not None:
+            trial.set_user_attr("trainable_params", trainable)
         if result.best_epoch in reported:
             return reported[result.best_epoch]
         # A detector run that was already finished (same fingerprint) is reused without epochs.
-        if metric == "map50_95" and getattr(result, "best_map50_95", None) is not None:
-            return result.best_map50_95
+        best_map50_95 = getattr(result, "best_map50_95", None)  # a detector's result only
+        if metric == "map50_95" and best_map50_95 is not None:
+            return best_map50_95
         raise UserError(f"trial {trial.number}: the train stage reported no {metric} for its best epoch.")
 
 
@@ -512,7 +514,9 @@ def write_outputs(study: optuna.Study, params: Params, params_file: Path | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.tune", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS_FILE, help="params file (read only)")
     parser.add_argument("--trials", type=int, help="override tune.trials (finished trials, all workers)")
     parser.add_argument("--timeout-minutes", type=float, help="override tune.timeout_minutes")
