@@ -113,49 +113,69 @@ def class_counts(manifest: pd.DataFrame, boxes: pd.DataFrame, classes: list[str]
 
 def expectations_for(name: str, params: ValidateSection, classes: list[str], task: str) -> list:
     """The GX expectations that make up one named check."""
-    import great_expectations.expectations as gxe
+    # Imported from their defining modules: GX's package __init__ files re-export them without
+    # ``__all__``, so a type checker sees them as private there.
+    from great_expectations.expectations.core.expect_column_pair_values_a_to_be_greater_than_b import (
+        ExpectColumnPairValuesAToBeGreaterThanB,
+    )
+    from great_expectations.expectations.core.expect_column_sum_to_be_between import (
+        ExpectColumnSumToBeBetween,
+    )
+    from great_expectations.expectations.core.expect_column_values_to_be_between import (
+        ExpectColumnValuesToBeBetween,
+    )
+    from great_expectations.expectations.core.expect_column_values_to_be_in_set import (
+        ExpectColumnValuesToBeInSet,
+    )
+    from great_expectations.expectations.core.expect_column_values_to_be_null import (
+        ExpectColumnValuesToBeNull,
+    )
+    from great_expectations.expectations.core.expect_column_values_to_be_unique import (
+        ExpectColumnValuesToBeUnique,
+    )
+    from great_expectations.expectations.core.expect_column_values_to_not_be_null import (
+        ExpectColumnValuesToNotBeNull,
+    )
 
     meta = {"check": name, "notes": CHECKS[name].description}
     detect = task == "detect"
     build: dict[str, Callable[[], list]] = {
         "image_ids_unique": lambda: [
-            gxe.ExpectColumnValuesToNotBeNull(column="image_id", meta=meta),
-            gxe.ExpectColumnValuesToBeUnique(column="image_id", meta=meta),
+            ExpectColumnValuesToNotBeNull(column="image_id", meta=meta),
+            ExpectColumnValuesToBeUnique(column="image_id", meta=meta),
         ],
-        "paths_unique": lambda: [gxe.ExpectColumnValuesToBeUnique(column="path", meta=meta)],
+        "paths_unique": lambda: [ExpectColumnValuesToBeUnique(column="path", meta=meta)],
         "sizes_positive": lambda: [
-            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, meta=meta) for c in ("width", "height")
+            ExpectColumnValuesToBeBetween(column=c, min_value=1, meta=meta) for c in ("width", "height")
         ],
         "labels_in_classes": lambda: (
-            [gxe.ExpectColumnValuesToBeNull(column="label", meta=meta)]
+            [ExpectColumnValuesToBeNull(column="label", meta=meta)]
             if detect
             else [
-                gxe.ExpectColumnValuesToNotBeNull(column="label", meta=meta),
-                gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes, meta=meta),
+                ExpectColumnValuesToNotBeNull(column="label", meta=meta),
+                ExpectColumnValuesToBeInSet(column="label", value_set=classes, meta=meta),
             ]
         ),
-        "splits_known": lambda: [
-            gxe.ExpectColumnValuesToBeInSet(column="split", value_set=SPLITS, meta=meta)
-        ],
+        "splits_known": lambda: [ExpectColumnValuesToBeInSet(column="split", value_set=SPLITS, meta=meta)],
         "enough_classes": lambda: [
-            gxe.ExpectColumnSumToBeBetween(column="present", min_value=1 if detect else 2, meta=meta)
+            ExpectColumnSumToBeBetween(column="present", min_value=1 if detect else 2, meta=meta)
         ],
         "boxes_reference_images": lambda: [
-            gxe.ExpectColumnValuesToBeInSet(column="image_found", value_set=[True], meta=meta)
+            ExpectColumnValuesToBeInSet(column="image_found", value_set=[True], meta=meta)
         ],
         "box_classes_in_classes": lambda: [
-            gxe.ExpectColumnValuesToNotBeNull(column="class_name", meta=meta),
-            gxe.ExpectColumnValuesToBeInSet(column="class_name", value_set=classes, meta=meta),
+            ExpectColumnValuesToNotBeNull(column="class_name", meta=meta),
+            ExpectColumnValuesToBeInSet(column="class_name", value_set=classes, meta=meta),
         ],
         "boxes_have_area": lambda: [
-            gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A=f"{a}_max", column_B=f"{a}_min", meta=meta)
+            ExpectColumnPairValuesAToBeGreaterThanB(column_A=f"{a}_max", column_B=f"{a}_min", meta=meta)
             for a in ("x", "y")
         ],
         "boxes_inside_images": lambda: [
-            gxe.ExpectColumnValuesToBeBetween(column="x_min", min_value=0, meta=meta),
-            gxe.ExpectColumnValuesToBeBetween(column="y_min", min_value=0, meta=meta),
+            ExpectColumnValuesToBeBetween(column="x_min", min_value=0, meta=meta),
+            ExpectColumnValuesToBeBetween(column="y_min", min_value=0, meta=meta),
             *(
-                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                ExpectColumnPairValuesAToBeGreaterThanB(
                     column_A=f"image_{side}",
                     column_B=f"{axis}_max",
                     or_equal=True,
@@ -166,13 +186,11 @@ def expectations_for(name: str, params: ValidateSection, classes: list[str], tas
             ),
         ],
         "min_images_per_class": lambda: [
-            gxe.ExpectColumnValuesToBeBetween(
-                column="images", min_value=params.min_images_per_class, meta=meta
-            )
+            ExpectColumnValuesToBeBetween(column="images", min_value=params.min_images_per_class, meta=meta)
         ],
         "class_balance": lambda: [
             # Empty classes have no ratio (null, skipped): min_images_per_class reports them.
-            gxe.ExpectColumnValuesToBeBetween(
+            ExpectColumnValuesToBeBetween(
                 column="ratio_to_largest", max_value=params.max_class_ratio, meta=meta
             )
         ],
@@ -219,14 +237,17 @@ def run_suite(
         )
         result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
         for outcome in result.results:
-            outcomes[outcome.expectation_config.meta["check"]].append((outcome, frame))
+            config = outcome.expectation_config
+            assert config is not None, "GX returns each result with the expectation that produced it"
+            outcomes[config.meta["check"]].append((outcome, frame))
     if docs_dir is not None:
         shutil.rmtree(docs_dir, ignore_errors=True)  # our own output: stale pages must not linger
         context.add_data_docs_site(
             "validation",
             {
                 "class_name": "SiteBuilder",
-                "show_how_to_buttons": False,
+                # GX's DataDocsSiteConfigTypedDict lists only some of the keys SiteBuilder takes.
+                "show_how_to_buttons": False,  # pyright: ignore[reportArgumentType]
                 "store_backend": {
                     "class_name": "TupleFilesystemStoreBackend",
                     "base_directory": str(docs_dir.resolve()),  # GX refuses relative paths

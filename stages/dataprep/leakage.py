@@ -74,9 +74,10 @@ def audit_leakage(
 
     same = frame.merge(frame, on="sha256", suffixes=("_a", "_b"))
     same = same[(same["image_id_a"] < same["image_id_b"]) & (same["split_a"] != same["split_b"])]
+    exact = same.sort_values(["path_a", "path_b"])[["path_a", "path_b", "split_a", "split_b"]]
     entries = [
-        _pair_entry("exact", row.path_a, row.path_b, row.split_a, row.split_b, dict.fromkeys(kinds, 0))
-        for row in same.sort_values(["path_a", "path_b"]).itertuples()
+        _pair_entry("exact", path_a, path_b, split_a, split_b, dict.fromkeys(kinds, 0))
+        for path_a, path_b, split_a, split_b in exact.itertuples(index=False, name=None)
     ]
     near_count = 0
     if pairs is not None and len(pairs):

@@ -23,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,8 @@ from tqdm import tqdm
 from stages.core import codebase
 from stages.core.errors import DataError
 from stages.dataprep.imaging import to_rgb
+
+_Kind = TypeVar("_Kind", bound=str)  # a hash kind: params give a Literal, tests a plain str
 
 log = logging.getLogger("stages.dataprep.near_duplicates")
 
@@ -94,7 +97,7 @@ def compute_hashes(
     """
     kinds = tuple(kinds)
     cache_dir = code_cache_dir(cache_dir)
-    cached: dict[int, dict[str, str]] = {}
+    cached: dict[int, dict[str, Any]] = {}
     todo: list[int] = []
     for i, sha in enumerate(sha256s):
         entry = _read_cache(cache_dir, sha)
@@ -132,7 +135,8 @@ def _cache_file(cache_dir: Path, sha: str) -> Path:
     return cache_dir / sha[:2] / f"{sha}.json"
 
 
-def _read_cache(cache_dir: Path, sha: str) -> dict[str, str] | None:
+def _read_cache(cache_dir: Path, sha: str) -> dict[str, Any] | None:
+    """The JSON entry for one image: ``version`` (an int) and one hex string per hash kind."""
     file = _cache_file(cache_dir, sha)
     if not file.is_file():
         return None
@@ -145,7 +149,7 @@ def _read_cache(cache_dir: Path, sha: str) -> dict[str, str] | None:
     return entry
 
 
-def _merge_cache(cache_dir: Path, sha: str, hashes: dict[str, str]) -> dict[str, str]:
+def _merge_cache(cache_dir: Path, sha: str, hashes: dict[str, str]) -> dict[str, Any]:
     entry = (_read_cache(cache_dir, sha) or {"version": CACHE_VERSION}) | hashes
     file = _cache_file(cache_dir, sha)
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +308,7 @@ def _pair_frame(i: np.ndarray, j: np.ndarray, distance: np.ndarray) -> pd.DataFr
     return pd.DataFrame({"i": i.astype(np.int64), "j": j.astype(np.int64), "distance": distance})
 
 
-def near_duplicate_pairs(hashes: Mapping[str, np.ndarray], max_distance: Mapping[str, int]) -> pd.DataFrame:
+def near_duplicate_pairs(hashes: Mapping[str, np.ndarray], max_distance: Mapping[_Kind, int]) -> pd.DataFrame:
     """Pairs within ``max_distance[kind]`` on every listed hash kind.
 
     The search runs on the kind with the smallest threshold (the cheapest index); the other

@@ -147,11 +147,11 @@ def _sentences(check: expectations.CheckResult, counts: pd.DataFrame, params: Va
     """What a failed check means, in words that name the class or the rows."""
     if check.name == "min_images_per_class":
         return [
-            f"class '{row.class_name}' has {row.images} valid images, fewer than "
+            f"class '{class_name}' has {images} valid images, fewer than "
             f"validate.min_images_per_class = {params.min_images_per_class}; collect more or merge it "
             "with another class."
-            for row in counts.itertuples()
-            if row.images < params.min_images_per_class
+            for class_name, images in counts[["class_name", "images"]].itertuples(index=False, name=None)
+            if images < params.min_images_per_class
         ]
     if check.name == "class_balance":
         present = counts[counts["images"] > 0].sort_values(["images", "class_name"])

@@ -49,16 +49,15 @@ class ExportResult:
 def yolo_rows(boxes: pd.DataFrame, width: int, height: int, class_index: dict[str, int]) -> list[str]:
     """Boxes (absolute corners) as ultralytics label rows ``class cx cy w h`` in [0, 1]."""
     rows = []
-    for box in boxes.itertuples():
-        if box.class_name not in class_index:
-            raise UserError(
-                f"box class '{box.class_name}' is not in classes.json; re-run ingest and validate."
-            )
-        x0, x1 = max(0.0, box.x_min), min(float(width), box.x_max)
-        y0, y1 = max(0.0, box.y_min), min(float(height), box.y_max)
+    corners = boxes[["class_name", "x_min", "y_min", "x_max", "y_max"]]
+    for class_name, x_min, y_min, x_max, y_max in corners.itertuples(index=False, name=None):
+        if class_name not in class_index:
+            raise UserError(f"box class '{class_name}' is not in classes.json; re-run ingest and validate.")
+        x0, x1 = max(0.0, x_min), min(float(width), x_max)
+        y0, y1 = max(0.0, y_min), min(float(height), y_max)
         cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
         w, h = (x1 - x0) / width, (y1 - y0) / height
-        rows.append(f"{class_index[box.class_name]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+        rows.append(f"{class_index[class_name]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
     return rows
 
 
@@ -87,17 +86,18 @@ def export_dataset(
     for split in SPLIT_NAMES:
         rows = frame[frame["split"] == split].sort_values("image_id")
         counts[split] = len(rows)
-        for row in rows.itertuples():
-            ext = Path(str(row.path)).suffix.lower() or ".jpg"
-            image = target / "images" / split / f"{row.image_id}{ext}"
-            label = target / "labels" / split / f"{row.image_id}.txt"
+        columns = rows[["image_id", "path", "width", "height"]]
+        for image_id, path, width, height in columns.itertuples(index=False, name=None):
+            ext = Path(str(path)).suffix.lower() or ".jpg"
+            image = target / "images" / split / f"{image_id}{ext}"
+            label = target / "labels" / split / f"{image_id}.txt"
             keep.update((image, label))
-            original = source / str(row.path)
+            original = source / str(path)
             if not image.is_file() or image.stat().st_size != original.stat().st_size:
                 image.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(original, image)
                 copied += 1
-            lines = yolo_rows(by_image.get(row.image_id, empty), int(row.width), int(row.height), class_index)
+            lines = yolo_rows(by_image.get(image_id, empty), int(width), int(height), class_index)
             text = "".join(f"{line}\n" for line in lines)
             if not label.is_file() or label.read_text(encoding="utf-8") != text:
                 label.parent.mkdir(parents=True, exist_ok=True)

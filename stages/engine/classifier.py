@@ -80,6 +80,7 @@ def train_classifier(params: Params, on_epoch: EpochCallback | None = None) -> T
 
     history: list[EpochRecord] = []
     features_computed = 0
+    best_epoch = 0  # set by the probe, the fine-tuning, or both (every strategy runs at least one)
     if cfg.strategy in FEATURE_STRATEGIES:
         cache = FeatureCache(
             layout.feature_cache, backbone, cfg.backbone, policy if cfg.aug_views else None, seed

@@ -10,7 +10,7 @@ from stages.engine.loop import EpochRecord
 
 def log_history(history: list[EpochRecord], directory: Path, summary: dict) -> None:
     """Per-epoch curves through DVCLive (plots are declared in dvc.yaml, hence dvcyaml=None)."""
-    from dvclive import Live
+    from dvclive.live import Live
 
     with Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None) as live:
         for record in history:
@@ -19,6 +19,7 @@ def log_history(history: list[EpochRecord], directory: Path, summary: dict) -> N
             live.log_metric("trainable_params", record.trainable_params)
             if record.val_loss is not None:
                 live.log_metric("val/loss", record.val_loss)
+            if record.val_accuracy is not None:  # set with val_loss: both come from the same val pass
                 live.log_metric("val/accuracy", record.val_accuracy)
             live.next_step()
     (directory / "run.json").write_text(

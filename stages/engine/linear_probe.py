@@ -70,7 +70,7 @@ def fit_linear_head(
             optimizer.step()
             total += loss.item() * len(batch)
         val_loss = val_acc = None
-        if xv is not None:
+        if xv is not None and yv is not None:
             head.eval()
             with torch.no_grad():
                 logits = head(xv)

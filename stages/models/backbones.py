@@ -17,13 +17,27 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from stages.core.errors import UserError
 from stages.core.hashing import sha256_file
+
+
+class _TimmModel(Protocol):
+    """The timm model methods used here: timm declares them per architecture, not on ``nn.Module``."""
+
+    default_cfg: dict[str, Any]
+
+    def get_classifier(self) -> nn.Linear: ...  # every backbone here has a Linear head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor: ...
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class Preprocessing:
 
     def transform(self) -> Any:
         """PIL image -> normalised tensor, as at evaluation time (resize, centre crop)."""
-        from timm.data import create_transform
+        from timm.data.transforms_factory import create_transform
 
         return create_transform(
             input_size=self.input_size,
@@ -175,7 +189,7 @@ def _init_head(head: nn.Linear) -> None:
 
 def _timm_model(name: str, weights: str, num_classes: int) -> tuple[nn.Module, dict]:
     import timm
-    from timm.data import resolve_data_config
+    from timm.data.config import resolve_data_config
 
     try:
         model = timm.create_model(name, pretrained=weights == "hub", num_classes=num_classes)
@@ -238,7 +252,7 @@ def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
 def head_module(model: nn.Module) -> nn.Linear:
     """The classifier head (timm's ``get_classifier`` or torchvision's last Linear)."""
     if hasattr(model, "get_classifier"):
-        return model.get_classifier()
+        return cast(_TimmModel, model).get_classifier()
     return _last_linear(model)[2]
 
 
@@ -251,7 +265,8 @@ def head_parameter_names(model: nn.Module) -> set[str]:
 def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The vector the head sees (after pooling, before the classifier)."""
     if hasattr(model, "forward_head"):
-        return model.forward_head(model.forward_features(images), pre_logits=True)
+        timm_model = cast(_TimmModel, model)
+        return timm_model.forward_head(timm_model.forward_features(images), pre_logits=True)
     captured: list[torch.Tensor] = []
     hook = head_module(model).register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
     try:
@@ -297,7 +312,7 @@ def layer_ids(model: nn.Module, coarse: bool, modules: bool = False) -> dict[str
         from timm.models import group_modules, group_parameters
 
         group = group_modules if modules else group_parameters
-        return group(model, model.group_matcher(coarse=coarse), reverse=True)
+        return group(model, cast(_TimmModel, model).group_matcher(coarse=coarse), reverse=True)
     order = {name: i for i, (name, _) in enumerate(model.named_children())}
     named = model.named_modules() if modules else model.named_parameters()
     return {name: order[name.split(".")[0]] for name, _ in named if name}
@@ -312,7 +327,8 @@ def load_mapped_state_dict(model: nn.Module, file: Path) -> None:
     source = torch.load(file, map_location="cpu", weights_only=True)
     if isinstance(source, dict) and "state_dict" in source:
         source = source["state_dict"]
-    head_keys = {f"{model.default_cfg.get('classifier', 'classifier')}.{s}" for s in ("weight", "bias")}
+    default_cfg = cast(_TimmModel, model).default_cfg  # the offline checkpoints are timm models
+    head_keys = {f"{default_cfg.get('classifier', 'classifier')}.{s}" for s in ("weight", "bias")}
     target = {k: v for k, v in model.state_dict().items() if k not in head_keys}
     if set(target) <= set(source):
         mapped = {k: source[k] for k in target}
@@ -323,7 +339,7 @@ def load_mapped_state_dict(model: nn.Module, file: Path) -> None:
         ):
             raise UserError(
                 f"{file}: checkpoint tensors do not match the architecture of "
-                f"'{model.default_cfg.get('architecture')}'; check train.backbone."
+                f"'{default_cfg.get('architecture')}'; check train.backbone."
             )
         mapped = {k: v for k, (_, v) in zip(target, body, strict=True)}
     missing, unexpected = model.load_state_dict(mapped, strict=False)

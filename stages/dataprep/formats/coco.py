@@ -267,6 +267,7 @@ def _scan_file(
                 else f"{name} image id {image.id!r} names {image.file_name!r}, which is not in {looked}."
             )
             where = f"{name} image id {image.id}"
+            assert problem is not None, "locate names a problem whenever it finds no file"
             out.quarantine.append(QuarantineEntry(shown[image.id], problem, detail, STAGE, "image", where))
 
     boxes: dict[int | str, list[BoxRecord]] = {image.id: [] for image in p.doc.images}

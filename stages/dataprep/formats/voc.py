@@ -121,6 +121,7 @@ def _read_xml(
         )
         return None
     annotation = tree.getroot()
+    assert annotation is not None, "a parsed XML document always has a root element"
     if annotation.tag != "annotation":
         refuse("not_voc_annotation", f"{xml_rel} has root <{annotation.tag}>, not a VOC <annotation>.")
         return None
@@ -142,6 +143,7 @@ def _read_xml(
             if problem == "outside_source"
             else f"{xml_rel} names image {shown!r}, which is not in {looked}."
         )
+        assert problem is not None, "locate names a problem whenever it finds no file"
         refuse(problem, detail)
         return None
     image_rel = rel(root, file)

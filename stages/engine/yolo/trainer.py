@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -100,7 +100,7 @@ def resolve_weights(choice: str) -> Path | str:
         path = Path(choice)
         if path.is_file():
             return path
-        from ultralytics.cfg import ROOT
+        from ultralytics.utils import ROOT
 
         if not any((ROOT / "cfg" / "models").rglob(_yaml_base(Path(choice).name))):
             raise UserError(
@@ -408,13 +408,13 @@ def best_row(history: pd.DataFrame) -> tuple[int, float | None]:
 
 def log_results(history: pd.DataFrame, directory: Path, summary: dict) -> None:
     """Per-epoch losses, mAP and learning rates through DVCLive (plots declared in dvc.yaml)."""
-    from dvclive import Live
+    from dvclive.live import Live
 
     with Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None) as live:
         for row in history.to_dict("records"):
             for name, value in row.items():
                 if name not in ("epoch", "time") and value == value:  # skip NaN
-                    live.log_metric(name, float(value))
+                    live.log_metric(str(name), float(value))
             live.next_step()
     (directory / "run.json").write_text(
         json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
@@ -436,7 +436,9 @@ def load_detector(path: Path):
     if not path.is_file():
         raise UserError(f"{path} not found; run the train stage with data.task: detect first.")
     model = YOLO(str(path))
-    meta = json.loads(model.ckpt.get(META_KEY, "{}"))
+    # Loaded from a .pt file, so ckpt is its dict (ultralytics leaves the attribute unannotated).
+    ckpt = cast("dict[str, Any]", model.ckpt)
+    meta = json.loads(ckpt.get(META_KEY, "{}"))
     return model, meta
 
 
