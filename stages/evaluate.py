@@ -139,13 +139,8 @@ def _evaluate_detector(params: Params) -> DetectEvaluateResult:
     model, meta = load_detector(layout.detector)
     classes: list[str] = meta.get("classes") or [model.names[i] for i in sorted(model.names)]
     conf = float(meta.get("conf", params.train.detector.conf))
-    frame = read_parquet(layout.manifest).merge(
-        read_parquet(layout.splits), on="image_id", suffixes=("_source", "")
-    )
     split = params.evaluate.split
-    rows = frame[frame["split"] == split].sort_values("image_id").reset_index(drop=True)
-    if rows.empty:
-        raise UserError(f"the {split} split is empty; set split.fractions so it gets images.")
+    rows = split_rows(layout, split).reset_index(drop=True)
     all_boxes = read_parquet(layout.boxes)
     boxes = all_boxes[all_boxes["image_id"].isin(set(rows["image_id"]))]
     truths = detection.truth_arrays(rows, boxes, classes)
@@ -155,30 +150,18 @@ def _evaluate_detector(params: Params) -> DetectEvaluateResult:
 
     phase = time.perf_counter()
     matches = detection.match_all(truths, predictions, classes)
-    reference = detection.torchmetrics_map(truths, predictions)
-    ours = {k: float(v[0]) for k, v in detection.numpy_map(matches).items()}
-    if any(abs(reference[k] - ours[k]) > 1e-4 for k in reference):
-        log.warning("mAP from the bootstrap code %s differs from torchmetrics %s", ours, reference)
-    at = detection.precision_recall_at(matches, conf)
+    cfg = params.evaluate
     metrics: dict = {
         "task": "detect",
-        "map50": round(reference["map50"], 6),
-        "map50_95": round(reference["map50_95"], 6),
-        "precision": round(float(at["precision"][0]), 6),
-        "recall": round(float(at["recall"][0]), 6),
+        **detection.headline_metrics(
+            matches, truths, predictions, conf, cfg.bootstrap, cfg.confidence, params.base.seed
+        ),
         "split": split,
         "images": len(rows),
         "split_hash": split_hash(rows, boxes),
         # precision, recall, the confusion matrix and the box outcomes are all at this score
         "confidence_threshold": conf,
     }
-    cfg = params.evaluate
-    if cfg.bootstrap:
-        for name, (low, high) in detection.bootstrap(
-            matches, conf, cfg.bootstrap, cfg.confidence, params.base.seed
-        ).items():
-            metrics[f"{name}_ci_low"] = round(low, 6)
-            metrics[f"{name}_ci_high"] = round(high, 6)
     log.info(
         "phase metrics: precision/recall at confidence %.2f, %d bootstrap resamples (%.1f s)",
         conf,

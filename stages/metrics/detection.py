@@ -14,6 +14,7 @@ Predictions come from ``stages.engine.yolo.trainer.predict_boxes`` (ultralytics 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ from stages.core.contracts import (
     DETECTION_PREDICTION_COLUMNS,
 )
 from stages.metrics.names import DETECT_HEADLINE
+
+log = logging.getLogger("stages.metrics.detection")
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCO
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's 101-point interpolation
@@ -374,3 +377,31 @@ def truth_arrays(rows: pd.DataFrame, boxes: pd.DataFrame, classes: list[str]) ->
             }
         )
     return out
+
+
+def headline_metrics(
+    matches: Matches,
+    truths: list[dict[str, np.ndarray]],
+    predictions: list[dict[str, np.ndarray]],
+    conf: float,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, float]:
+    """mAP from torchmetrics (checked against the bootstrap's matching), P/R at ``conf``, intervals."""
+    reference = torchmetrics_map(truths, predictions)
+    ours = {k: float(v[0]) for k, v in numpy_map(matches).items()}
+    if any(abs(reference[k] - ours[k]) > 1e-4 for k in reference):
+        log.warning("mAP from the bootstrap code %s differs from torchmetrics %s", ours, reference)
+    at = precision_recall_at(matches, conf)
+    metrics = {
+        "map50": round(reference["map50"], 6),
+        "map50_95": round(reference["map50_95"], 6),
+        "precision": round(float(at["precision"][0]), 6),
+        "recall": round(float(at["recall"][0]), 6),
+    }
+    if resamples:
+        for name, (low, high) in bootstrap(matches, conf, resamples, confidence, seed).items():
+            metrics[f"{name}_ci_low"] = round(low, 6)
+            metrics[f"{name}_ci_high"] = round(high, 6)
+    return metrics
