@@ -28,8 +28,15 @@ from stages.core.errors import DataError
 from stages.core.layout import Layout
 from stages.core.params import Params
 from stages.dataprep import checks as expectations
+from stages.dataprep.imaging import allowed_formats
 from stages.dataprep.integrity import check_images
-from stages.dataprep.validation import add_checks, apply_policy, drop_boxes_of_quarantined, validation_report
+from stages.dataprep.validation import (
+    add_checks,
+    apply_policy,
+    drop_boxes_of_quarantined,
+    reconcile_sizes,
+    validation_report,
+)
 
 log = logging.getLogger("stages.validate")
 STAGE = "validate"
@@ -55,8 +62,17 @@ def run(params: Params) -> ValidateResult:
     boxes = read_parquet(layout.ingest_boxes) if layout.ingest_boxes.is_file() else boxes_frame([])
     ingest = _read_summary(layout.ingest_summary)
     files = [params.data.source / p for p in manifest["path"]]
-    facts = check_images(files, manifest["sha256"].tolist(), params.validate_, layout.integrity_cache)
+    formats = allowed_formats(params.ingest.image_extensions)
+    facts = check_images(
+        files, manifest["sha256"].tolist(), params.validate_, layout.integrity_cache, formats
+    )
     keep, quarantine = apply_policy(manifest, facts, params.validate_)
+    manifest, same_size, resized, fixed = reconcile_sizes(manifest, facts, boxes)
+    if fixed:
+        log.info(
+            "%d images without boxes decode to another size than their header said; sizes corrected", fixed
+        )
+    keep, quarantine = keep & same_size, quarantine + resized
     valid = manifest[keep].reset_index(drop=True)
     valid_boxes, box_entries = drop_boxes_of_quarantined(boxes, manifest, valid, quarantine)
     quarantine = quarantine + box_entries

@@ -203,7 +203,9 @@ def test_integrity_and_hash_caches_miss_after_a_code_change_and_hit_otherwise(
     decoded: list[Path] = []
     hashed: list[Path] = []
     real_inspect, real_hash = integrity.inspect_image, near_duplicates.hash_image
-    monkeypatch.setattr(integrity, "inspect_image", lambda p, m: decoded.append(p) or real_inspect(p, m))
+    monkeypatch.setattr(
+        integrity, "inspect_image", lambda p, m, *f: decoded.append(p) or real_inspect(p, m, *f)
+    )
     monkeypatch.setattr(near_duplicates, "hash_image", lambda p, k: hashed.append(p) or real_hash(p, k))
     limits = ValidateSection(workers=1)
 

@@ -211,7 +211,9 @@ def test_annotation_paths_that_leave_the_source_are_never_opened(
             (source / "Annotations" / f"{i}.xml").write_text(voc_xml(name, size, boxes), encoding="utf-8")
     opened: list[Path] = []
     real = importing.read_header
-    monkeypatch.setattr(importing, "read_header", lambda p: opened.append(Path(p).resolve()) or real(p))
+    monkeypatch.setattr(
+        importing, "read_header", lambda p, *f: opened.append(Path(p).resolve()) or real(p, *f)
+    )
 
     result = stages.ingest.run(detect_params(tmp_path, source))
     assert [p.rsplit("/", 1)[-1] for p in result.manifest["path"]] == ["ok.png"]

@@ -194,7 +194,7 @@ def test_symlink_pointing_outside_the_source_is_quarantined_unopened(
     opened: list[Path] = []
     real_header, real_sha = importing.read_header, importing.sha256_file
     monkeypatch.setattr(
-        importing, "read_header", lambda p: opened.append(Path(p).resolve()) or real_header(p)
+        importing, "read_header", lambda p, *f: opened.append(Path(p).resolve()) or real_header(p, *f)
     )
     monkeypatch.setattr(importing, "sha256_file", lambda p: opened.append(Path(p).resolve()) or real_sha(p))
 

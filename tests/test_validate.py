@@ -46,9 +46,9 @@ def _count_inspections(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = stages.dataprep.integrity.inspect_image
 
-    def counting(path: Path, max_pixels: int) -> stages.dataprep.integrity.IntegrityFacts:
+    def counting(path: Path, max_pixels: int, *formats) -> stages.dataprep.integrity.IntegrityFacts:
         calls.append(Path(path))
-        return real(path, max_pixels)
+        return real(path, max_pixels, *formats)
 
     monkeypatch.setattr(integrity, "inspect_image", counting)
     return calls
@@ -75,9 +75,9 @@ def test_oversized_image_is_refused_before_decoding(tmp_path: Path, monkeypatch:
     decoded: list[str] = []
     real_load = integrity.load_rgb
 
-    def recording_load(path: Path):
+    def recording_load(path: Path, *formats):
         decoded.append(Path(path).name)
-        return real_load(path)
+        return real_load(path, *formats)
 
     monkeypatch.setattr(integrity, "load_rgb", recording_load)
     _, result = _pipeline(tmp_path, source, validate={"max_pixels": 1000})

@@ -88,7 +88,20 @@ def read_path_mapping(file: Path, key_column: str, value_column: str, param: str
     """A CSV's ``key_column`` (image paths or file names) -> ``value_column``, as strings."""
     if not file.is_file():
         raise DataError(f"{file}: file named by {param} not found; create it or fix the path in params.yaml.")
-    frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False).fillna("")
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{file}: file named by {param} is empty; write a header row and one row per image."
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{file}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8.") from None
+    except (pd.errors.ParserError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{file}: cannot be read as CSV ({first.rstrip('.')}); fix the file named by {param} so each row "
+            "has the header's columns, separated by commas."
+        ) from None
     missing = [c for c in (key_column, value_column) if c not in frame.columns]
     if missing:
         found = ", ".join(frame.columns)

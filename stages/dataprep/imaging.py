@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,25 +45,85 @@ class ImageHeader:
     stored_height: int = 0
 
 
-def _open(path: Path) -> Image.Image:
-    """``Image.open`` without ultralytics' patch of it, when ultralytics is loaded in this process.
+# The default of ``ingest.image_extensions`` (a test keeps them equal). Not imported from the params
+# package: the decode cache is keyed by this module's import closure, which params edits must not touch.
+DEFAULT_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@cache
+def _formats_for(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    registered = Image.registered_extensions()  # loads every plugin once: extension -> format
+    found = {registered[e.lower()] for e in extensions if e.lower() in registered}
+    return tuple(sorted(found))
+
+
+def allowed_formats(extensions: Iterable[str] = DEFAULT_IMAGE_EXTENSIONS) -> tuple[str, ...]:
+    """The Pillow formats the image extensions name (``.jpg`` -> JPEG): the only plugins ever run.
+
+    Opening by content alone would reach every Pillow plugin (EPS runs Ghostscript, and PSD,
+    SGI, FITS ... parsers); a PNG named ``.jpg`` is still opened, since PNG is allowed too.
+    """
+    return _formats_for(tuple(sorted({e.lower() for e in extensions})))
+
+
+def sniff_format(path: Path) -> str | None:
+    """Which Pillow format the file's first bytes claim, by the plugins' byte checks alone.
+
+    Only each plugin's ``accept(prefix)`` runs (a comparison of magic bytes), never its parser,
+    so this is safe on a file of a format we refuse to open.
+    """
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(16)
+    except OSError:
+        return None
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        try:
+            claimed = accept is not None and accept(prefix)
+        except Exception:  # a plugin's byte check failing only means "not this format"
+            continue
+        if claimed and not isinstance(claimed, str):  # a str is a warning, not a match
+            return name
+    return None
+
+
+def _open(path: Path, formats: tuple[str, ...]) -> Image.Image:
+    """``Image.open`` limited to ``formats``, without ultralytics' patch of it when that is loaded.
 
     The patch answers every file Pillow cannot identify by installing a HEIF plugin: pip when
     online, an ImportError offline, either way not the ``not_an_image`` we report.
     """
     patches = sys.modules.get("ultralytics.utils.patches")
     opener = getattr(patches, "_image_open", None) or Image.open
-    return opener(path)
+    return opener(path, formats=list(formats))
 
 
-def read_header(path: Path) -> ImageHeader:
-    """Open the header only (cheap, safe against decompression bombs)."""
-    if not path.is_file():
-        raise ImageReadError("missing_file", f"{path.name} no longer exists in the source folder.")
-    if path.stat().st_size == 0:
-        raise ImageReadError("empty_file", f"{path.name} is an empty (zero-byte) file.")
+def _unidentified(path: Path, formats: tuple[str, ...]) -> ImageReadError:
+    """``format_not_allowed`` when the bytes are an image Pillow knows but the list excludes."""
+    found = sniff_format(path)
+    if found is not None and found not in formats:
+        return ImageReadError(
+            "format_not_allowed",
+            f"{path.name} is in the {found} format, which ingest.image_extensions does not allow (allowed: "
+            f"{', '.join(formats)}); it was not opened: convert it, or remove it from the source.",
+        )
+    return ImageReadError("not_an_image", f"{path.name} is not an image Pillow can identify.")
+
+
+def read_header(path: Path, formats: tuple[str, ...] | None = None) -> ImageHeader:
+    """Open the header only (cheap, safe against decompression bombs), with the allowed plugins only."""
+    formats = formats if formats is not None else allowed_formats()
     try:
-        with _open(path) as image:
+        if not path.is_file():
+            raise ImageReadError("missing_file", f"{path.name} no longer exists in the source folder.")
+        if path.stat().st_size == 0:
+            raise ImageReadError("empty_file", f"{path.name} is an empty (zero-byte) file.")
+    except OSError as exc:  # e.g. a name over the file system's 255-byte limit
+        name = path.name if len(path.name) <= 80 else f"{path.name[:60]}..."
+        raise ImageReadError("unreadable_path", f"{name} cannot be opened ({exc.strerror}).") from None
+    try:
+        with _open(path, formats) as image:
             width, height = stored = image.size
             if image.format == "PNG" and "exif" not in image.info:
                 # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after
@@ -84,22 +146,26 @@ def read_header(path: Path) -> ImageHeader:
                 stored_height=stored[1],
             )
     except UnidentifiedImageError:
-        raise ImageReadError("not_an_image", f"{path.name} is not an image Pillow can identify.") from None
+        raise _unidentified(path, formats) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError("corrupt_header", f"{path.name} has an unreadable header ({exc}).") from None
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Fully decode, apply EXIF orientation and convert to 8-bit RGB (first frame only)."""
+def load_rgb(path: Path, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Fully decode, apply EXIF orientation and convert to 8-bit RGB (first frame only).
+
+    Only the plugins of ``formats`` (default: those of the default ``ingest.image_extensions``) run.
+    """
+    formats = formats if formats is not None else allowed_formats()
     try:
-        with _open(path) as image, warnings.catch_warnings():
+        with _open(path, formats) as image, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-transparency notes are not errors
             image.seek(0)
             image.load()
             oriented = ImageOps.exif_transpose(image)
             return to_rgb(oriented)
     except UnidentifiedImageError:
-        raise ImageReadError("not_an_image", f"{path.name} is not an image Pillow can identify.") from None
+        raise _unidentified(path, formats) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError("corrupt", f"{path.name} cannot be fully decoded ({exc}).") from None
 

@@ -19,7 +19,7 @@ from stages.core.hashing import sha256_file
 from stages.core.params import IngestSection
 from stages.dataprep.formats import DETECTION_FORMATS, BoxRecord, SourceItem
 from stages.dataprep.formats.base import orphaned_boxes
-from stages.dataprep.imaging import ImageHeader, ImageReadError, orient_box, read_header
+from stages.dataprep.imaging import ImageHeader, ImageReadError, allowed_formats, orient_box, read_header
 
 STAGE = "ingest"
 _CLIP_TOLERANCE = 1e-3  # px: float noise at the border is clipped without counting
@@ -56,9 +56,10 @@ def describe_items(
     rows: list[dict] = []
     quarantine: list[QuarantineEntry] = []
     stats = _Stats()
+    formats = allowed_formats(params.image_extensions)
     for item in tqdm(items, desc="ingest: reading headers", unit="img", leave=False):
         try:
-            header = read_header(item.file)
+            header = read_header(item.file, formats)
         except ImageReadError as exc:
             quarantine.append(
                 QuarantineEntry(item.rel_path, exc.reason, exc.detail, STAGE, "image", item.source)

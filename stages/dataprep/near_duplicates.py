@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from stages.core import codebase
 from stages.core.errors import DataError
-from stages.dataprep.imaging import to_rgb
+from stages.dataprep.imaging import allowed_formats, to_rgb
 
 _Kind = TypeVar("_Kind", bound=str)  # a hash kind: params give a Literal, tests a plain str
 
@@ -58,7 +58,7 @@ def hash_image(path: Path, kinds: Sequence[str]) -> dict[str, str]:
     Pillow's draft mode, which is deterministic and changes a hash by a bit or two at most.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=list(allowed_formats())) as image:
             image.draft("RGB", _DRAFT_SIZE)
             image.load()
             rgb = to_rgb(ImageOps.exif_transpose(image))

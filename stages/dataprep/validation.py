@@ -75,6 +75,49 @@ def apply_policy(
     return pd.Series(keep, index=manifest.index, dtype=bool), quarantine
 
 
+def reconcile_sizes(
+    manifest: pd.DataFrame, facts: list[IntegrityFacts], boxes: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.Series, list[QuarantineEntry], int]:
+    """Compare the decoded (EXIF-oriented) size with what ingest read from the header.
+
+    They differ when the header misleads, e.g. a PNG whose eXIf chunk (with a rotation) comes
+    after the pixel data: ingest's header read does not see it, the decoder rotates. An image
+    without boxes only needs its size corrected in the manifest; one with boxes is quarantined,
+    since its boxes were placed on the other frame and would silently misalign.
+    Returns the manifest (sizes corrected), the rows to keep, the entries and the count fixed.
+    """
+    with_boxes = set(boxes["image_id"])
+    keep: list[bool] = []
+    widths, heights = manifest["width"].tolist(), manifest["height"].tolist()
+    entries: list[QuarantineEntry] = []
+    fixed = 0
+    rows = zip(manifest["image_id"], manifest["path"], widths, heights, strict=True)
+    for position, ((image_id, path, width, height), fact) in enumerate(zip(rows, facts, strict=True)):
+        keep.append(True)
+        if not fact.ok or (fact.width, fact.height) == (width, height):
+            continue
+        if image_id in with_boxes:
+            keep[-1] = False
+            entries.append(
+                QuarantineEntry(
+                    path,
+                    "size_mismatch",
+                    f"{path} decodes to {fact.width}x{fact.height} but its header said {width}x{height} (an "
+                    "EXIF rotation the header read did not see, such as a PNG eXIf chunk after the pixels), "
+                    "so its boxes would not line up; save the image with the rotation applied and annotate "
+                    "it again.",
+                    STAGE,
+                )
+            )
+        else:
+            widths[position], heights[position] = fact.width, fact.height
+            fixed += 1
+    dtypes = {"width": manifest["width"].dtype, "height": manifest["height"].dtype}
+    manifest = manifest.assign(width=widths, height=heights).astype(dtypes)
+    keep_series = pd.Series(keep, index=manifest.index, dtype=bool)
+    return manifest, keep_series, entries, fixed
+
+
 def validation_report(
     before: pd.DataFrame,
     after: pd.DataFrame,

@@ -8,17 +8,14 @@ from pydantic import Field
 
 from stages.core.params.base import Section
 
+DEFAULT_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
 
 class IngestSection(Section):
-    image_extensions: tuple[str, ...] = (
-        ".jpg",
-        ".jpeg",
-        ".png",
-        ".bmp",
-        ".gif",
-        ".tif",
-        ".tiff",
-        ".webp",
+    image_extensions: tuple[str, ...] = Field(
+        default=DEFAULT_IMAGE_EXTENSIONS,
+        description="Files imported as images; also the only Pillow formats ever opened (.jpg: JPEG), "
+        "so a PNG named .jpg is read but an EPS, PSD or FITS file is quarantined unopened.",
     )
     ignore_files: tuple[str, ...] = Field(
         default=(".DS_Store", "Thumbs.db", "desktop.ini"), description="File names ignored without a note."

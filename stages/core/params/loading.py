@@ -35,9 +35,24 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: the top level must be a mapping of sections.")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(f"{source}: {describe_error(exc)}") from None
+    refuse_outputs_in_source(params, source)
+    return params
+
+
+def refuse_outputs_in_source(params: Params, source: str = "params") -> None:
+    """No ``paths.*`` folder may lie inside ``data.source``: stages would write into the user's data
+    (and DVC deletes a stage's outputs before re-running it)."""
+    data = params.data.source.resolve()
+    for key, value in params.paths:
+        out = Path(value).resolve()
+        if out == data or data in out.parents:
+            raise ParamsError(
+                f"{source}: paths.{key} = {value} lies inside data.source = {params.data.source}; stages "
+                f"never write into the dataset, so point paths.{key} at a folder outside it."
+            )
 
 
 def parse_section(raw: Any, name: str, model: type[SectionModel], source: str = "params") -> SectionModel:

@@ -15,7 +15,7 @@ from pathlib import Path
 from stages.core.errors import DataError
 from stages.core.params import DataSection, IngestSection
 from stages.dataprep.formats import coco, folder, voc, yolo
-from stages.dataprep.formats.base import BoxRecord, SourceItem, SourceScan
+from stages.dataprep.formats.base import BoxRecord, SourceItem, SourceScan, inside_root
 
 Reader = Callable[[Path, DataSection, IngestSection], SourceScan]
 
@@ -105,7 +105,11 @@ def _coco(root: Path) -> str | None:
 
 
 def _yolo(root: Path) -> str | None:
-    parts = [(images, labels) for images, labels, _ in yolo.image_label_dirs(root) if labels.is_dir()]
+    parts = [
+        (images, labels)
+        for images, labels, _ in yolo.image_label_dirs(root)
+        if labels.is_dir() and inside_root(root, labels)  # never walk a link out of the source
+    ]
     labels = sum(1 for _, folder in parts for _ in folder.rglob("*.txt"))
     if labels:
         return f"{labels} .txt label files in {', '.join(f.relative_to(root).as_posix() for _, f in parts)}"

@@ -19,6 +19,7 @@ from stages.core.contracts import QuarantineEntry
 # Folder names that declare a predefined split: train/, val/, valid/, test/, train2017/...
 _SPLIT_NAME = re.compile(r"^(train|val|valid|validation|test)(\d*)$", re.IGNORECASE)
 _CANONICAL_SPLIT = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,17 @@ def inside_root(root: Path, candidate: Path) -> bool:
     return True
 
 
+def refuse_outside_folder(root: Path, folder: Path) -> None:
+    """Refuse, before walking it, a folder the import needs that is a link out of the source."""
+    from stages.core.errors import DataError
+
+    if folder.is_dir() and not inside_root(root, folder):
+        raise DataError(
+            f"{rel(root, folder)}/ is a link to a folder outside the source folder; copy its files into "
+            "data.source instead (nothing outside it is read)."
+        )
+
+
 def rel(root: Path, path: Path) -> str:
     """Posix path relative to the source root (the form every output uses)."""
     return path.relative_to(root).as_posix()
@@ -93,36 +105,72 @@ def named_annotation_file(root: Path, annotations: Path, what: str) -> Path:
 
     file, problem = locate(root, [root], annotations.as_posix())
     if file is None:
-        where = "outside the source folder" if problem == "outside_source" else "not found"
+        shown = annotations.as_posix()
+        shown = shown if len(shown) <= 80 else f"{shown[:60]}..."
+        where = {
+            "outside_source": "outside the source folder",
+            "name_too_long": "a name longer than the 255 bytes a file name can have",
+        }.get(problem or "", "not found")
         raise DataError(
-            f"{root}: data.annotations = {annotations} is {where}; name {what} inside "
-            "the source folder, relative to it."
+            f"{root}: data.annotations = {shown} is {where}; name {what} inside the source folder, "
+            "relative to it."
         )
     return file
+
+
+def problem_detail(problem: str, annotation: str, name: str, looked: str) -> str:
+    """The quarantine sentence for a name ``locate`` could not turn into a file (``annotation names ...``)."""
+    shown = repr(name) if len(name) <= 80 else repr(name[:60] + "...")
+    if problem == "outside_source":
+        return f"{annotation} {shown}, which points outside the source folder; it was not opened."
+    if problem == "name_too_long":
+        return (
+            f"{annotation} {shown}, a file name over 255 bytes, which no file system can hold; "
+            "fix the name in the annotation."
+        )
+    return f"{annotation} {shown}, which is not in {looked}."
 
 
 def locate(root: Path, bases: list[Path], name: str) -> tuple[Path | None, str | None]:
     """Find the file an annotation names under the first base folder that has it.
 
     Returns ``(file, None)``, or ``(None, "outside_source")`` when the name is absolute or
-    only resolves outside the root (nothing outside is ever looked at), or ``(None,
-    "missing_file")``.
+    only resolves outside the root (nothing outside is ever looked at), ``(None,
+    "name_too_long")`` when a part of it is over 255 bytes, or ``(None, "missing_file")``.
     """
     clean = name.strip().replace("\\", "/")
     if not clean:
         return None, "missing_file"
     if "://" in clean or re.match(r"^[A-Za-z]:/", clean) or PurePosixPath(clean).is_absolute():
         return None, "outside_source"
+    if any(len(part.encode("utf-8", "surrogateescape")) > _NAME_MAX for part in PurePosixPath(clean).parts):
+        return None, "name_too_long"
     escaped = False
     for base in bases:
         candidate = base / PurePosixPath(clean)
         if not inside_root(root, candidate):
             escaped = True
             continue
-        if candidate.is_file():
-            tidy = Path(os.path.normpath(candidate))  # 'a/../b.jpg' -> 'b.jpg' unless a link changes that
-            return (tidy if tidy.resolve() == candidate.resolve() else candidate), None
+        try:
+            found = candidate.is_file()
+        except OSError:  # a path over the file system's limits, a permission problem ...
+            continue
+        if found:
+            return _tidy(root, candidate), None
     return None, "outside_source" if escaped else "missing_file"
+
+
+def _tidy(root: Path, candidate: Path) -> Path:
+    """``root/a/../b.jpg`` -> ``root/b.jpg`` when no link changes that; always spelt from ``root``.
+
+    Only the part below ``root`` is normalised, so a ``data.source`` that itself holds ``..``
+    keeps its spelling and every path stays relative to it.
+    """
+    below = os.path.normpath(candidate.relative_to(root))
+    if below == ".." or below.startswith("../"):  # leaves and re-enters the root: spell it from inside
+        below = os.path.relpath(os.path.realpath(candidate), os.path.realpath(root))
+    tidy = root / below
+    return tidy if tidy.resolve() == candidate.resolve() else candidate
 
 
 def unique_dirs(dirs: list[Path]) -> list[Path]:

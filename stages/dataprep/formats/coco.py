@@ -32,6 +32,7 @@ from stages.dataprep.formats.base import (
     locate,
     named_annotation_file,
     orphaned_boxes,
+    problem_detail,
     rel,
     split_of,
     unique_dirs,
@@ -39,6 +40,10 @@ from stages.dataprep.formats.base import (
 
 ROOT_NAMES = ("annotations.json", "_annotations.coco.json")
 STAGE = "ingest"
+_TOO_DEEP = (
+    "{name}: JSON nested too deeply to read (lists or objects thousands of levels inside each other); "
+    "export the annotations again."
+)
 _KEY = {key: re.compile(rb'"' + key.encode() + rb'"\s*:') for key in ("images", "annotations")}
 
 
@@ -176,6 +181,8 @@ def _parse(root: Path, path: Path, split: str | None) -> _Parsed:
         raise DataError(
             f"{name}: not UTF-8 text (byte {exc.start}); export the annotations again as UTF-8 JSON."
         ) from None
+    except RecursionError:
+        raise DataError(_TOO_DEEP.format(name=name)) from None
     if not isinstance(raw, dict) or not {"images", "annotations"} <= raw.keys():
         raise DataError(
             f"{name}: not a COCO file (it needs top-level 'images', 'annotations' and 'categories'); "
@@ -186,6 +193,8 @@ def _parse(root: Path, path: Path, split: str | None) -> _Parsed:
         doc = CocoFile.model_validate(raw)
     except ValidationError as exc:
         raise DataError(f"{name}: {_describe(exc, raw)}") from None
+    except RecursionError:
+        raise DataError(_TOO_DEEP.format(name=name)) from None
     _refuse_duplicate_ids(name, [i.id for i in doc.images], "image", "images")
     _refuse_duplicate_ids(name, [c.id for c in doc.categories], "category", "categories")
     return _Parsed(path, split, doc, {c.id: c.name for c in doc.categories})
@@ -260,14 +269,9 @@ def _scan_file(
         shown[image.id] = rel(root, file) if file is not None else image.file_name
         if file is None:
             looked = ", ".join(rel(root, b) or "." for b in bases)
-            detail = (
-                f"{name} image id {image.id!r} names {image.file_name!r}, which points outside the source "
-                "folder; it was not opened."
-                if problem == "outside_source"
-                else f"{name} image id {image.id!r} names {image.file_name!r}, which is not in {looked}."
-            )
-            where = f"{name} image id {image.id}"
             assert problem is not None, "locate names a problem whenever it finds no file"
+            detail = problem_detail(problem, f"{name} image id {image.id!r} names", image.file_name, looked)
+            where = f"{name} image id {image.id}"
             out.quarantine.append(QuarantineEntry(shown[image.id], problem, detail, STAGE, "image", where))
 
     boxes: dict[int | str, list[BoxRecord]] = {image.id: [] for image in p.doc.images}

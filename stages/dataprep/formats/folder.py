@@ -19,6 +19,8 @@ def scan(root: Path, data: DataSection, params: IngestSection) -> SourceScan:
     scan_result = SourceScan()
     if split_dirs and len(split_dirs) == len(subdirs):
         for split_dir in split_dirs:
+            if _outside(root, split_dir, scan_result):
+                continue
             _scan_classes(root, split_dir, split_of(split_dir.name), params, scan_result)
     else:
         _scan_classes(root, root, None, params, scan_result)
@@ -35,6 +37,8 @@ def _scan_classes(
             continue
         if not entry.is_dir() or entry.name.startswith("."):
             continue
+        if _outside(root, entry, out):
+            continue  # checked before descending: a link to / would otherwise walk the whole disk
         for file in sorted(entry.rglob("*")):
             if file.is_dir():
                 continue
@@ -57,6 +61,22 @@ def _scan_classes(
                     file=file, rel_path=rel, label=entry.name, split=split, group=None, source="folder"
                 )
             )
+
+
+def _outside(root: Path, folder: Path, out: SourceScan) -> bool:
+    """Quarantine (once, unopened) a folder that is a link out of the source; True when it was."""
+    if inside_root(root, folder):
+        return False
+    rel = _rel(root, folder)
+    out.quarantine.append(
+        QuarantineEntry(
+            rel,
+            "outside_source",
+            f"{rel}/ is a link to a folder outside the source folder; it was not opened: copy the images in.",
+            "ingest",
+        )
+    )
+    return True
 
 
 def _rel(root: Path, path: Path) -> str:

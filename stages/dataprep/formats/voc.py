@@ -10,7 +10,7 @@ test}.txt`` declare a predefined split when present. Class order: sorted names.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree as SafeET
@@ -25,6 +25,8 @@ from stages.dataprep.formats.base import (
     SourceScan,
     inside_root,
     locate,
+    problem_detail,
+    refuse_outside_folder,
     rel,
     unique_dirs,
 )
@@ -52,6 +54,9 @@ def scan(root: Path, data: DataSection, params: IngestSection) -> SourceScan:
             f"{root}: no .xml files in Annotations/ or annotations/; put the VOC XML files there or set "
             "data.format."
         )
+    refuse_outside_folder(root, folder)
+    for name in IMAGE_DIRS:
+        refuse_outside_folder(root, root / name)
     bases = unique_dirs([root / name for name in IMAGE_DIRS] + [root])
     splits = _image_sets(root)
     extensions = {e.lower() for e in params.image_extensions}
@@ -120,6 +125,16 @@ def _read_xml(
             "annotation_unreadable", f"{xml_rel} is not well-formed XML at line {line}, column {column + 1}."
         )
         return None
+    except (LookupError, ValueError) as exc:  # encoding="bogus" and the like: only this file is lost
+        refuse(
+            "annotation_unreadable",
+            f"{xml_rel} cannot be decoded ({exc}); save it again as UTF-8 with a standard encoding "
+            "declaration.",
+        )
+        return None
+    except RecursionError:
+        refuse("annotation_unreadable", f"{xml_rel} nests elements too deeply to parse; export it again.")
+        return None
     annotation = tree.getroot()
     assert annotation is not None, "a parsed XML document always has a root element"
     if annotation.tag != "annotation":
@@ -127,7 +142,7 @@ def _read_xml(
         return None
     filename = (annotation.findtext("filename") or "").strip()
     candidates = [filename] if filename else []
-    if not filename or not Path(filename).suffix:
+    if not filename or not PurePosixPath(filename.replace("\\", "/")).suffix:
         stem = filename or xml.stem  # some exports write the stem only
         candidates += [stem + ext for ext in sorted(extensions)]
     file, problem = None, "missing_file"
@@ -136,15 +151,9 @@ def _read_xml(
         if file is not None or problem == "outside_source":
             break
     if file is None:
-        shown = filename or xml.stem
         looked = ", ".join(rel(root, b) or "." for b in bases)
-        detail = (
-            f"{xml_rel} names image {shown!r}, which points outside the source folder; it was not opened."
-            if problem == "outside_source"
-            else f"{xml_rel} names image {shown!r}, which is not in {looked}."
-        )
         assert problem is not None, "locate names a problem whenever it finds no file"
-        refuse(problem, detail)
+        refuse(problem, problem_detail(problem, f"{xml_rel} names image", filename or xml.stem, looked))
         return None
     image_rel = rel(root, file)
     boxes: list[BoxRecord] = []

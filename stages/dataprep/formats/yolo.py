@@ -25,6 +25,7 @@ from stages.dataprep.formats.base import (
     inside_root,
     is_split_folder,
     named_annotation_file,
+    refuse_outside_folder,
     rel,
     split_of,
 )
@@ -73,6 +74,8 @@ def scan(root: Path, data: DataSection, params: IngestSection) -> SourceScan:
     out = SourceScan(classes=names)
     extensions = {e.lower() for e in params.image_extensions}
     for images_dir, labels_dir, split in parts:
+        refuse_outside_folder(root, images_dir)
+        refuse_outside_folder(root, labels_dir)
         matched: set[Path] = set()
         for file in sorted(images_dir.rglob("*")):
             if file.is_dir():
@@ -112,8 +115,14 @@ def class_names(root: Path, data: DataSection | None = None) -> list[str]:
         return _names_from_yaml(root, file)
     for candidate in (root / "classes.txt", root / "labels" / "classes.txt", root / "obj.names"):
         if candidate.is_file() and inside_root(root, candidate):
-            names = [line.strip() for line in candidate.read_text(encoding="utf-8").splitlines()]
-            names = [n for n in names if n]
+            try:
+                text = candidate.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{rel(root, candidate)}: not UTF-8 text (byte {exc.start}); save it again as UTF-8, "
+                    "one class name per line."
+                ) from None
+            names = [n for n in (line.strip() for line in text.splitlines()) if n]
             if not names:
                 raise DataError(f"{rel(root, candidate)} is empty; write one class name per line.")
             return names
@@ -126,7 +135,7 @@ def class_names(root: Path, data: DataSection | None = None) -> list[str]:
 def _has_names(path: Path) -> bool:
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+    except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError):
         return False
     return isinstance(loaded, dict) and "names" in loaded
 
@@ -141,23 +150,43 @@ def _names_from_yaml(root: Path, file: Path) -> list[str]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise DataError(f"{name}: invalid YAML{where}; fix the syntax there.") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name}: not UTF-8 text (byte {exc.start}); save it again as UTF-8.") from None
+    except RecursionError:
+        raise DataError(f"{name}: YAML nested too deeply to read; write 'names' as a flat list.") from None
     names = loaded.get("names") if isinstance(loaded, dict) else None
     if isinstance(names, dict):
-        try:
-            keys = sorted(int(k) for k in names)
-        except (TypeError, ValueError):
-            keys = []
-        if keys != list(range(len(names))):
-            raise DataError(
-                f"{name}: 'names' must map the indices 0..{len(names) - 1} to names; number them from 0."
-            )
-        names = [names[k] if k in names else names[str(k)] for k in keys]
+        names = _indexed_names(name, names)
     if not isinstance(names, list) or not names or not all(isinstance(n, str | int) for n in names):
         raise DataError(f"{name}: no 'names' list of class names; add 'names: [cat, dog, ...]'.")
     count = loaded.get("nc")
     if count is not None and count != len(names):
         raise DataError(f"{name}: nc is {count} but 'names' lists {len(names)} classes; make them agree.")
     return [str(n) for n in names]
+
+
+def _indexed_names(name: str, names: dict) -> list:
+    """``{0: cat, "1": dog}`` -> ``[cat, dog]`` (keys read with ``int``, as ultralytics does).
+
+    Gaps, negative or non-numeric keys, and two keys for one index (``"1"`` and ``"01"``) are refused.
+    """
+    by_index: dict[int, object] = {}
+    for key, value in names.items():
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            index = -1
+        if index in by_index or isinstance(key, bool) or index < 0:
+            raise DataError(
+                f"{name}: 'names' key {key!r} is not a distinct index 0..{len(names) - 1}; number the "
+                "classes 0, 1, 2 ... once each."
+            )
+        by_index[index] = value
+    if sorted(by_index) != list(range(len(names))):
+        raise DataError(
+            f"{name}: 'names' must map the indices 0..{len(names) - 1} to names; number them from 0."
+        )
+    return [by_index[i] for i in range(len(names))]
 
 
 def _read_labels(
