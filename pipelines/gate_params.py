@@ -2,6 +2,7 @@
 
 The stages keep this section as a plain mapping (``stages.core.params.Params.gate``);
 ``gate_section`` validates it with the same one-sentence errors as the stages' own sections.
+The gate applies the base revision's section; this change's takes effect only when accepted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from stages.core.params import Params, Section, parse_section
 class GateMetric(Section):
     """One watched metric of the metric-regression gate (pipelines/gate.py, docs/gate.md)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Key in reports/metrics.json.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="A headline metric the per-image records give (docs/gate.md).",
+    )
     better: Literal["higher", "lower"] | None = Field(
         default=None,
         description="Which direction is better; None: lower for *loss, *error, ece, brier, else higher.",
@@ -25,7 +29,7 @@ class GateMetric(Section):
         default=None, ge=0, description="Absolute tolerance; None: gate.tolerance."
     )
     intervals: bool | None = Field(
-        default=None, description="Use the bootstrap interval; None: gate.intervals."
+        default=None, description="Decide on the paired interval; None: gate.intervals."
     )
 
     @model_validator(mode="before")
@@ -43,12 +47,12 @@ class GateSection(Section):
         "headline metrics, accuracy and f1_macro (classify) or map50_95 and map50 (detect).",
     )
     tolerance: float = Field(
-        default=0.01, ge=0, description="Absolute drop tolerated on every watched metric."
+        default=0.01, ge=0, description="Absolute drop (new - base, same images) tolerated on every metric."
     )
     intervals: bool = Field(
         default=True,
-        description="A drop is a regression only when the new interval's far end is beyond the base value "
-        "minus the tolerance (docs/gate.md); false: the point values decide.",
+        description="Decide on the paired bootstrap interval of the change: pass above -tolerance, "
+        "regression below, else inconclusive (docs/gate.md); false: the point change decides.",
     )
     accept_regression: bool = Field(
         default=False,

@@ -135,3 +135,28 @@ def test_no_resamples_gives_point_values_only() -> None:
     assert metrics["accuracy"] == pytest.approx(cm.point_metrics(y, p, cm.Options())["accuracy"], abs=1e-6)
     assert not any(k.endswith(("_ci_low", "_ci_high")) for k in metrics)
     assert not any(k.endswith("_ci_low") for row in per_class for k in row)
+
+
+def test_macro_metrics_average_over_the_classes_present_with_a_rare_class() -> None:
+    """A rare class absent from a resample is left out of the macro mean, not counted as 0."""
+    # 40 images of class 0, 40 of class 1, 2 of the rare class 2; a perfect classifier.
+    y = np.array([0] * 40 + [1] * 40 + [2] * 2)
+    p = np.full((len(y), 3), 0.05)
+    p[np.arange(len(y)), y] = 0.9
+    weights = cm.resample_weights(len(y), 400, seed=3)
+    values, _ = cm.batched_metrics(weights, y, p, cm.Options())
+    no_rare = weights[:, y == 2].sum(1) == 0
+    assert no_rare.any() and (~no_rare).any()  # some resamples draw no image of class 2
+    for name in ("precision_macro", "recall_macro", "f1_macro", "balanced_accuracy"):
+        np.testing.assert_allclose(values[name], 1.0, err_msg=name)  # perfect in every resample
+    metrics = cm.compute_metrics(y, p, cm.Options(resamples=400, seed=3))
+    assert metrics["f1_macro_ci_low"] == metrics["f1_macro"] == 1.0  # the interval is not biased low
+    # The point value drops a class absent from the split too (labels 0 and 1 only, 3 columns).
+    two = cm.point_metrics(y[:80], p[:80], cm.Options())
+    assert two["f1_macro"] == pytest.approx(1.0) and two["precision_macro"] == pytest.approx(1.0)
+    # A mistake on the rare class still counts fully: its recall is 1/2 of one of three classes.
+    wrong = p.copy()
+    wrong[-1] = [0.9, 0.05, 0.05]
+    m = cm.point_metrics(y, wrong, cm.Options())
+    assert m["recall_macro"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert m["recall_macro"] == pytest.approx(m["balanced_accuracy"])

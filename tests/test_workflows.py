@@ -83,8 +83,16 @@ def test_the_gate_workflow_rebuilds_compares_comments_and_fails() -> None:
     assert "cml comment update --target=pr" in runs
     assert workflow["env"]["ACCEPT_LABEL"] == "accept-metric-regression"
     assert "accept-metric-regression" in (REPO_ROOT / "docs" / "gate.md").read_text(encoding="utf-8")
+    names = [s.get("name", "") for s in steps]
+    rebuild, committed = (
+        names.index("Rebuild the pipeline"),
+        names.index("Check the committed outputs match the rebuild"),
+    )
+    assert rebuild < committed < names.index("Metric gate")
+    assert "python -m pipelines.gate --check-committed" in steps[committed]["run"]
     last = steps[-1]
-    assert last["if"] == "steps.gate.outputs.code != '0'" and "exit 1" in last["run"]
+    assert last["if"] == "steps.gate.outputs.code != '0' || steps.committed.outputs.code != '0'"
+    assert "exit 1" in last["run"]
 
 
 def test_the_tests_workflow_runs_ci_run_on_push() -> None:

@@ -8,10 +8,18 @@ product, ROC-AUC / average precision by cumulative sums over the sorted scores, 
 same bins as torchmetrics). ``tests/test_evaluate_metrics.py`` checks it against the library
 functions on resampled data, so both paths compute the same thing.
 
-Threshold-free metrics (ROC-AUC, PR-AUC) are undefined for a class with no positives (or, for
-ROC-AUC, no negatives) in the data at hand. Such a class is left out of the macro average,
-in the point value and in each resample alike; a resample where no class is defined
-(possible only with tiny test sets) is dropped from that metric's percentiles.
+Macro averages run over the classes present in the data at hand (the test split, or one
+bootstrap resample): precision, recall and F1 of a class with no images are undefined, not 0,
+so a rare class that a resample happens not to draw does not drag ``f1_macro`` down (that
+would bias its interval low and make the CI gate see regressions that are not there).
+``recall_macro`` is then ``balanced_accuracy``. Threshold-free metrics (ROC-AUC, PR-AUC) are
+likewise undefined for a class with no positives (or, for ROC-AUC, no negatives) and left out
+of the macro average; a resample where no class is defined (possible only with tiny test sets)
+is dropped from that metric's percentiles.
+
+``label_metrics`` is the part computable from each image's label, prediction, confidence and
+loss alone: the metric gate (``pipelines/gate.py``) recomputes it on the per-image records
+evaluate writes (``stages/metrics/paired.py``), so both use one definition.
 """
 
 from __future__ import annotations
@@ -78,8 +86,9 @@ def point_metrics(y_true: np.ndarray, probabilities: np.ndarray, options: Option
     num_classes = p.shape[1]
     labels = list(range(num_classes))
     y_pred = p.argmax(1)
+    present = sorted(set(np.asarray(y_true).tolist()))  # macro over the classes in the split
     precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
+        y_true, y_pred, labels=present, average="macro", zero_division=0
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" is expected here
@@ -193,42 +202,81 @@ def calibration_bins(confidence: np.ndarray, bins: int) -> np.ndarray:
     return (torch.bucketize(torch.from_numpy(confidence), boundaries, right=True) - 1).numpy()
 
 
+def top_k_hits(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> np.ndarray:
+    """Per image: is the label among the ``k`` highest scores (ties broken as top_k_accuracy_score)."""
+    ranked = np.argsort(normalise(probabilities), axis=1, kind="mergesort")[:, ::-1][:, :k]
+    return (ranked == y_true[:, None]).any(1)
+
+
+def label_metrics(
+    weights: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    num_classes: int,
+    losses: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
+    bins: int | None = None,
+    top_hits: tuple[int, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The metrics of each row of ``weights`` (B x images) that need no class scores: accuracy,
+    ``top{k}_accuracy`` (from ``top_hits`` = (k, hit per image)), balanced accuracy, macro
+    precision / recall / F1 over the classes present, and with ``losses`` log loss, with
+    ``confidence`` and ``bins`` ECE. Returns name -> B values, and per-class P / R / F1 (B x k)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    total = weights.sum(1)
+    cm = batched_confusion(weights, y_true, y_pred, num_classes)
+    scores = batched_class_scores(cm)
+    present = scores["support"] > 0
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    out = {"accuracy": tp.sum(1) / total}
+    if top_hits is not None:
+        out[f"top{top_hits[0]}_accuracy"] = weights @ top_hits[1].astype(np.float64) / total
+    recall = _present_mean(scores["recall"], present)
+    out |= {
+        "balanced_accuracy": recall,
+        "precision_macro": _present_mean(scores["precision"], present),
+        "recall_macro": recall,
+        "f1_macro": _present_mean(scores["f1"], present),
+    }
+    if losses is not None:
+        out["log_loss"] = weights @ losses / total
+    if confidence is not None and bins is not None:
+        onehot = np.zeros((len(y_true), bins + 1))
+        onehot[np.arange(len(y_true)), calibration_bins(confidence, bins)] = 1
+        correct = (y_pred == y_true).astype(np.float64)
+        gap = weights @ (onehot * correct[:, None]) - weights @ (onehot * confidence[:, None])
+        out["ece"] = np.abs(gap).sum(1) / total
+    return out, {name: scores[name] for name in PER_CLASS}
+
+
 def batched_metrics(weights: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray, options: Options):
     """Every headline metric for each row of ``weights`` (B x images); returns name -> B values
     and the per-class precision / recall / F1 (B x classes)."""
     p = normalise(probabilities)
-    n, k = p.shape
+    k = p.shape[1]
     weights = np.asarray(weights, dtype=np.float64)
     y_pred = p.argmax(1)
-    total = weights.sum(1)
-    cm = batched_confusion(weights, y_true, y_pred, k)
-    scores = batched_class_scores(cm)
-    tp = np.diagonal(cm, axis1=1, axis2=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        recall_present = np.where(scores["support"] > 0, tp / scores["support"], np.nan)
-    out = {"accuracy": tp.sum(1) / total}
     top = top_k_for(k, options.top_k)
-    if top is not None:
-        ranked = np.argsort(p, axis=1, kind="mergesort")[:, ::-1][:, :top]  # as top_k_accuracy_score
-        out[f"top{top}_accuracy"] = weights @ (ranked == y_true[:, None]).any(1) / total
+    values, per_class = label_metrics(
+        weights,
+        y_true,
+        y_pred,
+        k,
+        losses=image_losses(y_true, p),
+        confidence=p.max(1),
+        bins=options.bins,
+        top_hits=None if top is None else (top, top_k_hits(y_true, p, top)),
+    )
     roc = np.stack([batched_auc(weights, y_true == c, p[:, c]) for c in range(k)], axis=1)
     ap = np.stack([batched_average_precision(weights, y_true == c, p[:, c]) for c in range(k)], axis=1)
-    confidence = p.max(1)
-    bins = np.zeros((n, options.bins + 1))
-    bins[np.arange(n), calibration_bins(confidence, options.bins)] = 1
-    correct = (y_pred == y_true).astype(np.float64)
-    gap = weights @ (bins * correct[:, None]) - weights @ (bins * confidence[:, None])
-    out |= {
-        "balanced_accuracy": _nanmean_rows(recall_present),
-        "precision_macro": scores["precision"].mean(1),
-        "recall_macro": scores["recall"].mean(1),
-        "f1_macro": scores["f1"].mean(1),
-        "roc_auc_macro": _nanmean_rows(roc),
-        "pr_auc_macro": _nanmean_rows(ap),
-        "log_loss": weights @ image_losses(y_true, p) / total,
-        "ece": np.abs(gap).sum(1) / total,
-    }
-    return out, {name: scores[name] for name in PER_CLASS}
+    values |= {"roc_auc_macro": _nanmean_rows(roc), "pr_auc_macro": _nanmean_rows(ap)}
+    return values, per_class
+
+
+def _present_mean(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Row means over the classes present in each resample (NaN when none is)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(present, values, 0.0).sum(1) / present.sum(1)
 
 
 def bootstrap(

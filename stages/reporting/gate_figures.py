@@ -1,4 +1,4 @@
-"""The metric gate's figures (``pipelines.gate --plots``): base against this change.
+"""The metric gate's figures (``pipelines.gate --plots``): this change against the base.
 
 The gate reads and checks the numbers (from git or the DVC cache); these functions only draw
 plain data they are handed, like every figure under ``stages/reporting``.
@@ -43,6 +43,33 @@ def metric_comparison(
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, fontsize=8, frameon=False)
     ax.set_title("Metrics with bootstrap intervals: base vs this change", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# A watched metric's change (new - base), its paired interval ends (None without) and its limit.
+Change = tuple[float, float | None, float | None, float]
+
+
+def change_intervals(changes: Mapping[str, Change], path: Path, base_name: str) -> Path:
+    """One row per watched metric: the change against the base with its paired interval, zero,
+    and the metric's limit (the worst change tolerated) as a red tick."""
+    names = list(changes)
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(names) + 1.5))
+    ax.axvline(0.0, color=BASE_COLOUR, linewidth=1)
+    for i, name in enumerate(names):
+        change, low, high, limit = changes[name]
+        if low is not None and high is not None:
+            ax.plot([low, high], [i, i], color=NEW_COLOUR, linewidth=3, alpha=0.6)
+        ax.plot([change], [i], "o", color=NEW_COLOUR, label="change, paired interval" if i == 0 else None)
+        ax.plot([limit, limit], [i - 0.3, i + 0.3], color="#d62728", linewidth=2,
+                label="limit (tolerance)" if i == 0 else None)  # fmt: skip
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(f"this change - {base_name}, on the same images")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, fontsize=8, frameon=False)
+    ax.set_title("Watched metrics: change against the base", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
