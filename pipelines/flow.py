@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -44,9 +43,12 @@ from prefect.states import Completed, Failed
 from prefect.tasks import RetryConditionCallable, Task, exponential_backoff
 
 import stages
+from stages.core import locks
 from stages.core.errors import UserError
 from stages.core.layout import Layout
-from stages.core.params import get_dotted, load_params, parse_params, set_dotted, with_overrides
+from stages.core.params import Params, get_dotted, load_params, parse_params, set_dotted, with_overrides
+from stages.core.trust import is_trusted
+from stages.reporting.markdown import code, esc
 
 PARAMS_FILE = "params.yaml"  # the file dvc.yaml templates from and dvc.lock records
 PROJECT_FILE = "dvc.yaml"
@@ -251,8 +253,11 @@ def stage_logs_to_prefect() -> Iterator[None]:
 
 
 @task(name="stage", task_run_name="{stage}", **RETRYING)
-def run_stage(stage: str, project: str) -> Any:
-    """Run one dvc.yaml stage unless DVC says it is up to date, then record it in dvc.lock."""
+def run_stage(stage: str, project: str, params: Params) -> Any:
+    """Run one dvc.yaml stage unless DVC says it is up to date, then record it in dvc.lock.
+
+    ``params`` is params.yaml as the flow loaded it once, under the checkout's run lock.
+    """
     logger = get_run_logger()
     root = Path(project)
     with Repo(str(root)) as repo:
@@ -269,15 +274,36 @@ def run_stage(stage: str, project: str) -> Any:
             logger.info("%s runs: %s", stage, json.dumps(changes[stage], default=str))
             dvc_stage.remove_outs(ignore_remove=False, force=False)  # as `dvc repro` does
             restored = _restore_from_run_cache(repo, dvc_stage)
+            if restored and (untrusted := untrusted_checkpoints(dvc_stage)):
+                logger.warning(
+                    "%s: DVC's run cache restored %s, which does not match the digest recorded when it "
+                    "was written; removed, the stage runs instead",
+                    stage,
+                    relative_to(untrusted[0], root),
+                )
+                dvc_stage.remove_outs(ignore_remove=False, force=False)
+                restored = False
         if restored:
             logger.info("%s: outputs restored from DVC's run cache (same deps and params ran before)", stage)
         else:
             started = time.perf_counter()
-            summary = importlib.import_module(match.group(1)).run(load_params(root / PARAMS_FILE))
+            summary = importlib.import_module(match.group(1)).run(params)
             logger.info("%s done in %.1f s: %s", stage, time.perf_counter() - started, summary)
         with repo.scm_context(quiet=True):
             repo.commit(stage, force=True)
     return "restored" if restored else "ran"
+
+
+def untrusted_checkpoints(dvc_stage: Any) -> list[Path]:
+    """The pickled checkpoints (``*.pt``) among a stage's outputs whose digest is not the one
+    recorded when this project wrote them (``stages.core.trust``): a run-cache entry from a
+    remote others can write must not bring code that a later stage unpickles."""
+    found: list[Path] = []
+    for out in dvc_stage.outs:
+        path = Path(str(out.fs_path))
+        files = [path] if path.is_file() else sorted(path.rglob("*.pt")) if path.is_dir() else []
+        found += [f for f in files if f.suffix == ".pt" and not is_trusted(f)]
+    return found
 
 
 def _restore_from_run_cache(repo: Repo, dvc_stage: Any) -> bool:
@@ -322,10 +348,11 @@ def push_outputs(project: str) -> int:
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
-def publish_artifacts(project: str, visited: list[str]) -> list[str]:
-    """Headline metrics as a table artifact and the report summary as Markdown, with file links."""
+def publish_artifacts(project: str, visited: list[str], params: Params) -> list[str]:
+    """Headline metrics as a table artifact and the report summary as Markdown, with the files'
+    paths relative to the project (no host name, no absolute path, no link to follow)."""
     root = Path(project)
-    layout = Layout(load_params(root / PARAMS_FILE).paths)
+    layout = Layout(params.paths)
     published = []
     metrics_file = root / layout.metrics
     if "evaluate" in visited and metrics_file.is_file():
@@ -333,16 +360,16 @@ def publish_artifacts(project: str, visited: list[str]) -> list[str]:
         create_table_artifact(
             key=METRICS_ARTIFACT,
             table=metrics_table(metrics),
-            description=f"Headline metrics on the {metrics.get('split', '?')} split "
-            f"({metrics.get('images', '?')} images), from `{layout.metrics}`.",
+            description=f"Headline metrics on the {esc(metrics.get('split', '?'))} split "
+            f"({esc(metrics.get('images', '?'))} images), from {code(relative_to(layout.metrics, root))}.",
         )
         published.append(METRICS_ARTIFACT)
     report_file = root / layout.report
     if "report" in visited and report_file.is_file():
         create_markdown_artifact(
             key=REPORT_ARTIFACT,
-            markdown=report_summary(report_file.read_text(encoding="utf-8"), root, layout),
-            description=f"Summary of `{layout.report}`",
+            markdown=report_summary(report_file.read_text(encoding="utf-8"), root, layout, params),
+            description=f"Summary of {code(relative_to(layout.report, root))}",
         )
         published.append(REPORT_ARTIFACT)
     return published
@@ -366,8 +393,18 @@ def metrics_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def report_summary(report: str, root: Path, layout: Layout, sections: int = 2) -> str:
-    """The report's title, intro and first sections (images dropped), then where the files are."""
+def relative_to(path: Path, root: Path) -> str:
+    """``path`` relative to the project ``root``; outside it, only its name (never the machine's layout)."""
+    absolute = (root / path).resolve()
+    anchor = root.resolve()
+    if absolute.is_relative_to(anchor):
+        return absolute.relative_to(anchor).as_posix()
+    return f"<outside the project>/{absolute.name}"
+
+
+def report_summary(report: str, root: Path, layout: Layout, params: Params, sections: int = 2) -> str:
+    """The report's title, intro and first sections (images dropped: the report escapes every name
+    from the data, so the rest is text), then where the files are, relative to the project."""
     lines: list[str] = []
     seen = 0
     for line in report.splitlines():
@@ -377,9 +414,7 @@ def report_summary(report: str, root: Path, layout: Layout, sections: int = 2) -
                 break
         if not line.startswith("!["):
             lines.append(line)
-    host = socket.gethostname()
-    params_file = root / PARAMS_FILE
-    detect = params_file.is_file() and load_params(params_file).data.task == "detect"
+    detect = params.data.task == "detect"
     files = [
         ("full report", layout.report),
         ("metrics", layout.metrics),
@@ -387,10 +422,8 @@ def report_summary(report: str, root: Path, layout: Layout, sections: int = 2) -
         ("figures", layout.figures_dir),
         ("training curves (DVCLive)", layout.train_log_dir),
     ]
-    lines += ["", f"## Files (on `{host}`)", ""]
-    for label, relative in files:
-        absolute = (root / relative).resolve()
-        lines.append(f"- {label}: [{relative.as_posix()}]({absolute.as_uri()}) (`{absolute}`)")
+    lines += ["", "## Files (in the project folder of the worker that ran the flow)", ""]
+    lines += [f"- {label}: {code(relative_to(path, root))}" for label, path in files]
     return "\n".join(lines) + "\n"
 
 
@@ -414,6 +447,34 @@ def training_pipeline(
     """
     logger = get_run_logger()
     root = Path(project_dir).resolve() if project_dir else CODE_ROOT
+    try:
+        with locks.held(run_lock(root), locks.default_timeout(), "this checkout"):
+            outcomes = _run_locked(root, params_file, overrides, target, pull, push)
+    except UserError as exc:  # the lock's wait ran out: one sentence, nothing touched
+        return Failed(message=str(exc))
+    if isinstance(outcomes, State):
+        return outcomes
+    counts = {kind: list(outcomes.values()).count(kind) for kind in ("ran", "restored", "cached")}
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    logger.info("done: %s", summary)
+    return Completed(message=f"{len(outcomes)} stages: {summary}", data=outcomes)
+
+
+def run_lock(root: Path) -> Path:
+    """The checkout's run lock, the one the stages' CLI takes under ``dvc repro`` (stages.core.locks)."""
+    return root / ".dvc" / "tmp" / "cv-finetune-run.lock"
+
+
+def _run_locked(
+    root: Path,
+    params_file: str,
+    overrides: dict[str, Any] | None,
+    target: str | None,
+    pull: bool,
+    push: bool,
+) -> dict[str, str] | State:
+    """The flow's body under the run lock: params written and loaded once, then every stage."""
+    logger = get_run_logger()
     outcomes: dict[str, str] = {}
     with working_directory(root), stage_logs_to_prefect():
         try:
@@ -421,6 +482,7 @@ def training_pipeline(
             changed = prepare_params(root, params_file, overrides)
             if changed:
                 logger.info("overrides written into %s: %s", PARAMS_FILE, ", ".join(changed))
+            params = load_params(root / PARAMS_FILE)  # once per run: nothing else writes it meanwhile
             if pull:
                 pull_data(str(root))
             plan = plan_stages(root, target)
@@ -429,20 +491,17 @@ def training_pipeline(
         logger.info("stages: %s", " -> ".join(plan))
         for stage in plan:
             try:
-                outcome = run_stage(stage, str(root))
+                outcome = run_stage(stage, str(root), params)
             except (UserError, DvcException) as exc:  # DVC errors are one line too; the task log has more
                 return Failed(message=f"{stage}: {exc}")
             outcomes[stage] = outcome.result() if isinstance(outcome, State) else outcome  # Cached
-        publish_artifacts(str(root), list(outcomes))
+        publish_artifacts(str(root), list(outcomes), params)
         if push:
             try:
                 push_outputs(str(root))
             except (UserError, DvcException) as exc:
                 return Failed(message=f"dvc push: {exc}")
-    counts = {kind: list(outcomes.values()).count(kind) for kind in ("ran", "restored", "cached")}
-    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
-    logger.info("done: %s", summary)
-    return Completed(message=f"{len(outcomes)} stages: {summary}", data=outcomes)
+    return outcomes
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -464,14 +523,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    state = training_pipeline(
-        params_file=args.params,
-        overrides=overrides or None,
-        target=args.target,
-        pull=args.pull,
-        push=args.push,
-        return_state=True,
-    )
+    try:  # held from before Prefect starts, so a second run refuses before any work; re-entrant inside
+        with locks.held(run_lock(CODE_ROOT), locks.default_timeout(), "this checkout"):
+            state = training_pipeline(
+                params_file=args.params,
+                overrides=overrides or None,
+                target=args.target,
+                pull=args.pull,
+                push=args.push,
+                return_state=True,
+            )
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not state.is_completed():
         print(f"error: {state.message}", file=sys.stderr)
         return 2

@@ -42,7 +42,7 @@ from pipelines.trials import (
     with_cli_options,
     write_policy,
 )
-from pipelines.tune_params import TuneSection, tune_section
+from pipelines.tune_params import TuneSection, redact, tune_section
 from stages import train
 from stages.core.errors import UserError
 from stages.core.params import (
@@ -210,7 +210,7 @@ def require_driver(url: str) -> None:
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise UserError(
             f"tune.storage {url.split('@')[-1]!r} needs a database driver that is not installed "
-            f"({type(exc).__name__}: {exc}); for PostgreSQL run `uv add psycopg2-binary` "
+            f"({type(exc).__name__}: {redact(str(exc))}); for PostgreSQL run `uv add psycopg2-binary` "
             "(or use a SQLite path or a journal file ending in .log)."
         ) from None
 
@@ -251,7 +251,7 @@ def open_study(cfg: TuneSection, params: Params, storage: str, worker: int) -> o
     )
     if study.direction.name.lower() != cfg.goal:
         raise UserError(
-            f"study '{cfg.study_name}' in {storage} was created to {study.direction.name.lower()}; "
+            f"study '{cfg.study_name}' in {redact(storage)} was created to {study.direction.name.lower()}; "
             f"tune.metric {cfg.metric} needs {cfg.goal}: use another tune.study_name."
         )
     return study
@@ -391,7 +391,7 @@ def run(
     best_trial, best_value = _best(study)
     return TuneResult(
         cfg.study_name,
-        storage,
+        redact(storage),  # the result is printed and logged: never the storage's password
         c["complete"],
         c["pruned"],
         c["failed"],
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
             delete_study(params)
         result = run(params, args.params, args.out, args.worker, progress=not args.no_progress)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     print(result)
     return 130 if result.interrupted else 0

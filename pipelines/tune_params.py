@@ -7,6 +7,7 @@ The stages keep this section as a plain mapping (``stages.core.params.Params.tun
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -139,7 +140,12 @@ class TuneSection(Section):
     direction: Literal["maximize", "minimize"] | None = Field(
         default=None, description="null: minimize val_loss, maximize the others."
     )
-    study_name: str = Field(default="classifier", pattern=r"^[A-Za-z0-9_.-]+$")
+    study_name: str = Field(
+        default="classifier",
+        pattern=r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$",
+        description="Names the study and its folder <paths.cache>/tune/<name>: letters, digits, _ . -, "
+        "not only dots (`.` or `..` would be the cache folder itself or its parent).",
+    )
     storage: str | None = Field(
         default=None,
         description="null: SQLite at <paths.cache>/tune/study.db; or an RDB URL (sqlite:///..., "
@@ -177,6 +183,18 @@ class TuneSection(Section):
     @staticmethod
     def goal_of(metric: str) -> Literal["maximize", "minimize"]:
         return "minimize" if metric.endswith("loss") else "maximize"
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@\s]*)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced: ``user:pw@host`` -> ``user:***@host``.
+
+    tune.storage may be ``postgresql://user:pw@host/db``; messages, logs and results show it only
+    through this, so the password never reaches a terminal, a CI log or a report.
+    """
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def tune_section(params: Params, source: str = "params") -> TuneSection:

@@ -26,6 +26,7 @@ from stages.core.contracts import (
     write_parquet,
 )
 from stages.core.layout import Layout
+from stages.reporting.markdown import esc
 from tests.conftest import detect_params, fast_params, make_classify_source, write_image, write_voc
 
 CLASSIFY_SECTIONS = ("Headline", "Data", "Model", "Per class", "Errors", "Curves", "Training")
@@ -211,7 +212,7 @@ def test_detection_report_draws_missed_and_false_boxes(tmp_path: Path) -> None:
     for title in CLASSIFY_SECTIONS:
         assert any(s.startswith(title) for s in sections), title
     for name in ("map50", "map50_95"):
-        assert f"| {name} | " in text
+        assert f"| {esc(name)} | " in text
     assert "| bird | 3 | 0.700 | 0.450 |" in text
     assert "roc_curves.png" not in text and "reliability.png" not in text
     for name in ("pr_curves", "f1_confidence", *FIGURES):

@@ -234,7 +234,7 @@ def test_a_killed_run_resumes_from_last_pt(prepared, tmp_path: Path) -> None:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    runs = list(Layout(params.paths).yolo_runs.iterdir())
+    runs = [p for p in Layout(params.paths).yolo_runs.iterdir() if p.is_dir()]  # not the run's .lock
     assert len(runs) == 1 and (runs[0] / "weights" / "last.pt").is_file()
     assert not (runs[0] / "done.json").exists()
 

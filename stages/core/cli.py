@@ -1,7 +1,9 @@
 """The thin ``main()`` shared by every stage: parse ``--params``, validate, run, report.
 
 User errors (bad params, bad data) print one line to stderr and exit 2; anything
-else is a bug and keeps its stack trace.
+else is a bug and keeps its stack trace. The stage runs holding the checkout's run lock
+(``stages.core.locks``), so it never interleaves with a Prefect flow run or another stage on the
+same checkout: it waits up to ``CV_FINETUNE_LOCK_TIMEOUT`` seconds, then says so in one line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stages.core import locks
 from stages.core.errors import UserError
 from stages.core.params import DEFAULT_PARAMS_FILE, Params, load_params
 
@@ -36,7 +39,9 @@ def stage_main(name: str, run: Callable[[Params], Any], argv: list[str] | None =
     started = time.perf_counter()
     try:
         params = load_params(args.params)
-        summary = run(params)
+        lock = locks.checkout_lock(Path.cwd(), params.paths.cache)
+        with locks.held(lock, locks.default_timeout(), "this checkout"):
+            summary = run(params)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from stages.core import locks
 from stages.core.contracts import read_classes, read_parquet
 from stages.core.errors import UserError
 from stages.core.layout import Layout
@@ -107,19 +108,22 @@ def train_classifier(params: Params, on_epoch: EpochCallback | None = None) -> T
             layout.paths.cache / "runs" / run_fingerprint(params, frame, backbone, policy) / "last.pt"
         )
         offset = len(history)  # lp_ft: fine-tuning epochs continue the probe's numbering
-        fit = fine_tune(
-            backbone.model,
-            train_set,
-            val_set,
-            cfg,
-            seed,
-            device,
-            state_file,
-            class_weight,
-            sample_weights,
-            phase=cfg.strategy,
-            on_epoch=None if on_epoch is None else lambda epoch, metrics: on_epoch(epoch + offset, metrics),
-        )
+        # One writer per fingerprint: a second process (an Optuna worker, tune next to `dvc repro`)
+        # waits, then resumes or reuses the finished state instead of interleaving its epochs.
+        with locks.held(state_file.parent / "run.lock", None, f"training run {state_file.parent.name}"):
+            fit = fine_tune(
+                backbone.model,
+                train_set,
+                val_set,
+                cfg,
+                seed,
+                device,
+                state_file,
+                class_weight,
+                sample_weights,
+                phase=cfg.strategy,
+                on_epoch=None if on_epoch is None else lambda epoch, m: on_epoch(epoch + offset, m),
+            )
         backbone.model.load_state_dict(fit.best_state)
         history += [EpochRecord(**{**asdict(r), "epoch": r.epoch + offset}) for r in fit.history]
         best_epoch = fit.best_epoch + offset

@@ -7,6 +7,7 @@ a resumed run bit-identical to an uninterrupted one on CPU.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -116,10 +117,8 @@ def fine_tune(
     history: list[EpochRecord] = []
     best_state: dict[str, torch.Tensor] = _cpu_state(model)
     best_epoch, best_score, stale, start_epoch = 0, math.inf, 0, 0
-    if state_file.is_file():
-        saved = torch.load(state_file, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+    saved = load_state(state_file, model, optimizer)
+    if saved is not None:
         history = [EpochRecord(**r) for r in saved["history"]]
         best_state, best_epoch, best_score = saved["best_state"], saved["best_epoch"], saved["best_score"]
         stale, start_epoch = saved["stale"], saved["epoch"]
@@ -207,6 +206,42 @@ def fine_tune(
     return FitResult(history, best_state, best_epoch)
 
 
+RESUME_KEYS = ("history", "best_state", "best_epoch", "best_score", "stale", "epoch", "finished")
+
+
+def load_state(state_file: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+    """The saved training state, loaded into ``model`` and ``optimizer``; None when there is none.
+
+    A file that cannot be read or does not fit (cut short, corrupted, another model's) is moved
+    aside as ``last.pt.corrupt-<pid>`` with a warning and the run starts over: resuming is an
+    optimisation, never a reason to fail. ``weights_only=True``: the file holds tensors only.
+    """
+    if not state_file.is_file():
+        return None
+    fresh_model, fresh_optimizer = _cpu_state(model), copy.deepcopy(optimizer.state_dict())
+    try:
+        saved = torch.load(state_file, map_location="cpu", weights_only=True)
+        missing = {"model", "optimizer", *RESUME_KEYS} - set(saved)
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))}")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        return saved
+    except Exception as exc:  # any failure to read or apply it: the file is not a usable state
+        model.load_state_dict(fresh_model)  # a half-applied state must not leak into the new run
+        optimizer.load_state_dict(fresh_optimizer)
+        aside = state_file.with_name(f"{state_file.name}.corrupt-{os.getpid()}")
+        os.replace(state_file, aside)
+        log.warning(
+            "%s could not be resumed (%s: %s); moved aside to %s, training starts over",
+            state_file,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+            aside.name,
+        )
+        return None
+
+
 def epoch_metrics(record: EpochRecord) -> dict[str, float]:
     """What ``on_epoch`` receives: train loss, plus val loss and accuracy when there is a val split."""
     metrics = {"train_loss": record.train_loss}
@@ -256,7 +291,8 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _save_state(
     path: Path, model, optimizer, history, best_state, best_epoch, best_score, stale, epoch, finished
 ) -> None:
-    """Write the training state atomically: a kill -9 leaves the previous file intact."""
+    """Write the training state atomically: a kill -9 leaves the previous file intact, and the
+    temporary name carries the process id, so two writers never share (or rename) one file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": _cpu_state(model),
@@ -269,7 +305,7 @@ def _save_state(
         "epoch": epoch,
         "finished": finished,
     }
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
 

@@ -1,13 +1,20 @@
-"""The classifier checkpoint: tensors plus JSON metadata, loadable with ``weights_only=True``."""
+"""The classifier checkpoint: tensors plus JSON metadata, loadable with ``weights_only=True``.
+
+Written under a temporary name carrying the process id, then renamed, so a reader never sees
+half a file; its digest is recorded beside it (``stages.core.trust``) like every checkpoint the
+project writes, so the flow can tell a run-cache entry it wrote from a replaced one.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from stages.core.trust import record_trusted
 from stages.models.backbones import Backbone, create_classifier
 
 
@@ -15,7 +22,10 @@ def save_checkpoint(model: nn.Module, meta: dict, path: Path) -> None:
     """Tensors plus JSON metadata only, so loading works with ``weights_only=True``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "meta": json.dumps(meta, sort_keys=True)}, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"state_dict": state, "meta": json.dumps(meta, sort_keys=True)}, tmp)
+    os.replace(tmp, path)
+    record_trusted(path)
 
 
 def load_checkpoint(path: Path) -> tuple[Backbone, dict]:

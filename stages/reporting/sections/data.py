@@ -8,7 +8,7 @@ import pandas as pd
 
 from stages.reporting import figures
 from stages.reporting.inputs import ReportInputs, read_class_names, read_json, read_quarantine
-from stages.reporting.markdown import Section, esc, figure_lines, rel
+from stages.reporting.markdown import Section, code, esc, figure_lines, rel
 
 LEAK_KINDS = ("exact_pairs", "near_pairs", "groups")
 
@@ -34,10 +34,12 @@ def render(inputs: ReportInputs) -> Section:
 def validation_line(validation: dict[str, Any], quarantined: int) -> str:
     """Images in, images valid, items quarantined and the data checks that did not pass."""
     checks = validation.get("checks", {})
-    failed = [f"{k} ({v.get('severity', '?')})" for k, v in checks.items() if not v.get("success", True)]
+    failed = [
+        f"{esc(k)} ({esc(v.get('severity', '?'))})" for k, v in checks.items() if not v.get("success", True)
+    ]
     return (
-        f"- {validation.get('images_in', '?')} images imported, "
-        f"{validation.get('images_valid', '?')} "
+        f"- {esc(validation.get('images_in', '?'))} images imported, "
+        f"{esc(validation.get('images_valid', '?'))} "
         f"passed validation, {quarantined} items quarantined; {len(checks) - len(failed)} of "
         f"{len(checks)} data checks passed" + (f" (not passed: {', '.join(failed)})." if failed else ".")
     )
@@ -51,7 +53,7 @@ def quarantine_table(quarantine: pd.DataFrame) -> list[str]:
         "",
         "| stage | reason | items |",
         "|---|---|---|",
-        *(f"| {stage} | {esc(reason)} | {n} |" for stage, reason, n in rows),
+        *(f"| {esc(stage)} | {esc(reason)} | {n} |" for stage, reason, n in rows),
         "",
     ]
 
@@ -74,7 +76,7 @@ def split_table(inputs: ReportInputs, audit: dict[str, Any]) -> list[str]:
     ]
     for name, info in splits.items():
         cells = [str(info["class_counts"].get(c, 0)) for c in classes]
-        lines.append(f"| {name} | {info['images']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {esc(name)} | {esc(info['images'])} | " + " | ".join(map(esc, cells)) + " |")
     lines.append("")
     drawn = figures.split_counts(counts, inputs.fig_path("split_counts.png"), unit)
     lines += figure_lines([(drawn, "class counts per split")], inputs.here)
@@ -101,16 +103,16 @@ def leakage(inputs: ReportInputs, audit: dict[str, Any]) -> list[str]:
         f"{counts.get('near_pairs', 0)} near-duplicate image pairs, {counts.get('groups', 0)} groups "
         f"found in two splits (tolerance {tolerance.get('max_exact_pairs', '?')} / "
         f"{tolerance.get('max_near_pairs', '?')} / {tolerance.get('max_groups', '?')}; list: "
-        f"`{rel(inputs.layout.leakage_report, inputs.here)}`).",
+        f"{code(rel(inputs.layout.leakage_report, inputs.here))}).",
         "",
     ]
     near, groups = audit.get("near_duplicates"), audit.get("groups")
     if near and groups:
-        thresholds = ", ".join(f"{k} <= {v}" for k, v in near.get("max_distance", {}).items()) or "off"
+        thresholds = ", ".join(f"{esc(k)} <= {esc(v)}" for k, v in near.get("max_distance", {}).items())
         lines.append(
-            f"Near-duplicate clusters ({thresholds}): {near.get('clusters', 0)} "
-            f"({near.get('images_in_clusters', 0)} images); groups (rule `{groups.get('rule')}`): "
-            f"{groups.get('groups', 0)}; each is kept in one split."
+            f"Near-duplicate clusters ({thresholds or 'off'}): {esc(near.get('clusters', 0))} "
+            f"({esc(near.get('images_in_clusters', 0))} images); groups (rule {code(groups.get('rule'))}): "
+            f"{esc(groups.get('groups', 0))}; each is kept in one split."
         )
     lines += [f"- {esc(note)}" for note in audit.get("notes", [])]
     return lines

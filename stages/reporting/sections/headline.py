@@ -7,7 +7,7 @@ from typing import Any
 from stages.metrics.names import LOWER_IS_BETTER, headline_names
 from stages.reporting import figures
 from stages.reporting.inputs import ReportInputs
-from stages.reporting.markdown import Section, figure_lines, interval, num
+from stages.reporting.markdown import Section, esc, figure_lines, interval, num
 
 MEANING = {
     "accuracy": "share of images whose top prediction is right",
@@ -31,7 +31,7 @@ def render(inputs: ReportInputs) -> Section:
     m, names = inputs.metrics, headline_names(inputs.metrics, inputs.task)
     evaluate = inputs.params.evaluate
     level = evaluate.confidence
-    section = Section(f"Headline ({m.get('split', '?')} split, {m.get('images', '?')} images)")
+    section = Section(f"Headline ({esc(m.get('split', '?'))} split, {esc(m.get('images', '?'))} images)")
     lines = section.lines
     main = names[0] if names else None
     exact = None
@@ -48,7 +48,7 @@ def render(inputs: ReportInputs) -> Section:
             ]
     header = f"{level:.0%} interval ({evaluate.bootstrap} resamples)" if evaluate.bootstrap else "interval"
     lines += [f"| metric | value | {header} | meaning |", "|---|---|---|---|"]
-    lines += [f"| {name} | {num(m[name])} | {interval(m, name)} | {meaning(name)} |" for name in names]
+    lines += [f"| {esc(name)} | {num(m[name])} | {interval(m, name)} | {meaning(name)} |" for name in names]
     lines.append("")
     if names:
         drawn = figures.headline(

@@ -10,7 +10,7 @@ import pandas as pd
 
 from stages.reporting import figures
 from stages.reporting.inputs import ReportInputs
-from stages.reporting.markdown import esc, figure_lines, short
+from stages.reporting.markdown import code, esc, figure_lines, short
 
 DEFAULT_THRESHOLD = 0.25  # ultralytics' default confidence, when evaluate recorded none
 
@@ -24,7 +24,7 @@ def classification(inputs: ReportInputs) -> list[str]:
     ranked = frame.assign(wrong=wrong).sort_values(["wrong", order], ascending=False)
     shown = ranked.head(inputs.params.report.mistakes)
     lines = ["### Worst mistakes", ""]
-    split = inputs.metrics.get("split", "test")
+    split = esc(inputs.metrics.get("split", "test"))
     if not wrong.any():
         intro = f"No mistakes: every image of the {split} split is classified right."
     else:
@@ -58,7 +58,7 @@ def classification(inputs: ReportInputs) -> list[str]:
     lines += figure_lines([(drawn, "highest-loss images")], inputs.here)
     lines += ["| image | true | predicted | confidence | loss |", "|---|---|---|---|---|"]
     lines += [
-        f"| `{row['path']}` | {esc(row['label'])} "
+        f"| {code(row['path'], table=True)} | {esc(row['label'])} "
         f"| {esc(row['prediction'])}{'' if row['wrong'] else ' (right)'} "
         f"| {row['confidence']:.3f} | {row.get('loss', float('nan')):.3f} |"
         for _, row in shown.iterrows()
@@ -123,7 +123,7 @@ def detection(inputs: ReportInputs) -> list[str]:
     lines += figure_lines([(drawn, "images with missed and false boxes")], inputs.here)
     lines += ["| image | missed | false |", "|---|---|---|"]
     paths = frame.drop_duplicates("image_id").set_index("image_id")["path"].to_dict()
-    lines += [f"| `{paths[i]}` | {c['missed']} | {c['false']} |" for i, c in worst.iterrows()]
+    lines += [f"| {code(paths[i], table=True)} | {c['missed']} | {c['false']} |" for i, c in worst.iterrows()]
     return lines
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from stages.core.params import Params
 from stages.reporting.inputs import ReportInputs, read_history, read_json
-from stages.reporting.markdown import Section
+from stages.reporting.markdown import Section, code, esc
 
 TRAIN_KEYS = (
     "backbone",
@@ -30,10 +30,10 @@ def model_phrase(params: Params, task: str) -> str:
     train = params.train
     detector = getattr(train, "detector", None)
     if task == "detect" and detector is not None:
-        return f"YOLO detector fine-tuned from `{detector.weights}` weights"
+        return f"YOLO detector fine-tuned from {code(detector.weights)} weights"
     return (
-        f"Classifier fine-tuned from `{train.backbone}` ({train.weights} weights, "
-        f"strategy `{train.strategy}`)"
+        f"Classifier fine-tuned from {code(train.backbone)} ({esc(train.weights)} weights, "
+        f"strategy {code(train.strategy)})"
     )
 
 
@@ -43,13 +43,13 @@ def parameter_rows(params: Params, task: str) -> list[str]:
     detector = getattr(params.train, "detector", None)
     if task == "detect" and detector is not None:
         return [
-            f"| train.detector.{key} | {value} |"
+            f"| train.detector.{key} | {esc(value)} |"
             for key, value in detector.model_dump().items()
             if value is not None and value != {}
         ]
     train = params.train.model_dump()
     return [
-        f"| train.{key} | {train[key]} |"
+        f"| train.{key} | {esc(train[key])} |"
         for key in TRAIN_KEYS
         if key in train
         and train[key] is not None
