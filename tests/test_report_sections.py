@@ -24,7 +24,8 @@ from tests.conftest import fast_params
 
 
 def test_data_text_cannot_become_tags_or_break_a_table_row() -> None:
-    assert esc("<b>a|b</b> & c") == "&lt;b&gt;a\\|b&lt;/b&gt; &amp; c"
+    assert esc("<b>a|b</b> & c") == "\\<b\\>a\\|b\\<\\/b\\> \\& c"
+    assert esc("two\nlines") == "two lines"
 
 
 def test_cells_format_missing_values_and_intervals() -> None:
@@ -96,7 +97,7 @@ def test_quarantine_is_counted_per_stage_and_reason() -> None:
         {"stage": ["validate", "ingest", "validate"], "reason": ["too small", "a|b <x>", "too small"]}
     )
     assert data.quarantine_table(quarantine)[3:] == [
-        "| ingest | a\\|b &lt;x&gt; | 1 |",
+        "| ingest | a\\|b \\<x\\> | 1 |",
         "| validate | too small | 2 |",
         "",
     ]
@@ -106,9 +107,9 @@ def test_quarantine_is_counted_per_stage_and_reason() -> None:
 def test_lp_epochs_is_listed_only_where_the_strategy_uses_it(
     tmp_path: Path, strategy: str, shown: bool
 ) -> None:
-    params = fast_params(tmp_path, tmp_path, train={"strategy": strategy})
+    params = fast_params(tmp_path, tmp_path / "src", train={"strategy": strategy})
     rows = model.parameter_rows(params, "classify")
-    assert f"| train.strategy | {strategy} |" in rows
+    assert f"| train.strategy | {esc(strategy)} |" in rows
     assert any(r.startswith("| train.lp_epochs |") for r in rows) is shown
     phrase = model.model_phrase(params, "classify")
     assert phrase.startswith("Classifier fine-tuned from `efficientnet_lite0`")

@@ -134,7 +134,7 @@ def test_tune_cli_refuses_a_bad_tune_section_before_any_work(tmp_path, capsys) -
     """The stages keep tune: as a mapping; the pipeline validates it first, naming the file and key."""
     params_file = tmp_path / "params.yaml"
     raw = {
-        "data": {"source": str(tmp_path)},
+        "data": {"source": str(tmp_path / "images")},
         "paths": {"cache": str(tmp_path / "cache")},
         "tune": {"trails": 3},
     }
