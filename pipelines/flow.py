@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,7 +48,7 @@ from stages.core import locks
 from stages.core.errors import UserError
 from stages.core.layout import Layout
 from stages.core.params import Params, get_dotted, load_params, parse_params, set_dotted, with_overrides
-from stages.core.trust import is_trusted
+from stages.core.trust import parse_digest_record, read_digest_record, untrusted_files
 from stages.reporting.markdown import code, esc
 
 PARAMS_FILE = "params.yaml"  # the file dvc.yaml templates from and dvc.lock records
@@ -272,14 +273,18 @@ def run_stage(stage: str, project: str, params: Params) -> Any:
                 logger.info("%s is up to date in dvc.lock; skipped", stage)
                 return Completed(name="Cached", message="up to date in dvc.lock", data="cached")
             logger.info("%s runs: %s", stage, json.dumps(changes[stage], default=str))
+            # Read before anything is removed or restored: a run-cache entry brings its own record.
+            record = (root / Layout(params.paths).model_digest).resolve()
+            anchor = committed_record(root, record)
             dvc_stage.remove_outs(ignore_remove=False, force=False)  # as `dvc repro` does
             restored = _restore_from_run_cache(repo, dvc_stage)
-            if restored and (untrusted := untrusted_checkpoints(dvc_stage)):
+            if restored and (untrusted := untrusted_checkpoints(dvc_stage, anchor, record)):
                 logger.warning(
-                    "%s: DVC's run cache restored %s, which does not match the digest recorded when it "
-                    "was written; removed, the stage runs instead",
+                    "%s: DVC's run cache restored %s, which does not match the digest committed in "
+                    "%s before the restore; removed, the stage runs instead",
                     stage,
                     relative_to(untrusted[0], root),
+                    relative_to(record, root),
                 )
                 dvc_stage.remove_outs(ignore_remove=False, force=False)
                 restored = False
@@ -294,15 +299,50 @@ def run_stage(stage: str, project: str, params: Params) -> Any:
     return "restored" if restored else "ran"
 
 
-def untrusted_checkpoints(dvc_stage: Any) -> list[Path]:
-    """The pickled checkpoints (``*.pt``) among a stage's outputs whose digest is not the one
-    recorded when this project wrote them (``stages.core.trust``): a run-cache entry from a
-    remote others can write must not bring code that a later stage unpickles."""
+def committed_record(root: Path, record: Path) -> dict[str, str] | None:
+    """The checkpoint digests ``record`` holds as committed at git ``HEAD`` (the anchor a writer
+    of the DVC remote cannot change); when git has no such file (no git, not committed yet),
+    the record in the workspace as it is now, before a restore could overwrite it. None: none."""
+    relative = relative_to(record, root)
+    try:
+        shown = subprocess.run(
+            ["git", "-C", str(root), "show", f"HEAD:./{relative}"],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        shown = None
+    if shown is not None and shown.returncode == 0:
+        return parse_digest_record(shown.stdout.decode("utf-8", "replace")) or {}
+    try:
+        return read_digest_record(record)
+    except UserError:
+        return None
+
+
+def untrusted_checkpoints(dvc_stage: Any, anchor: dict[str, str] | None, record: Path) -> list[Path]:
+    """What a run-cache restore brought that the pre-restore ``anchor`` does not vouch for.
+
+    The pickled checkpoints (``*.pt``) among the stage's outputs whose sha256 is not the one
+    ``anchor`` (``committed_record``, read before the restore) gives for their name, plus
+    ``record`` itself when the restore rewrote it to other digests: DVC's run cache stores and
+    restores ``cache: false`` outputs too, so an entry from a remote others can write could
+    bring a checkpoint and a record that agree with each other. Empty: the restore is kept.
+    """
     found: list[Path] = []
     for out in dvc_stage.outs:
         path = Path(str(out.fs_path))
         files = [path] if path.is_file() else sorted(path.rglob("*.pt")) if path.is_dir() else []
-        found += [f for f in files if f.suffix == ".pt" and not is_trusted(f)]
+        found += untrusted_files([f for f in files if f.suffix == ".pt"], anchor)
+    restored = Path(record).resolve()
+    if any(Path(str(out.fs_path)).resolve() == restored for out in dvc_stage.outs) and restored.is_file():
+        try:
+            digests = read_digest_record(restored)
+        except UserError:
+            digests = None
+        if digests != anchor:
+            found.append(restored)
     return found
 
 

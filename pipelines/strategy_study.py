@@ -36,7 +36,7 @@ from pipelines.trials import (
     with_cli_options,
     write_policy,
 )
-from pipelines.tune_params import tune_section
+from pipelines.tune_params import redact, tune_section
 from stages import evaluate, train
 from stages.core.errors import UserError
 from stages.core.params import DEFAULT_PARAMS_FILE, Params, load_params
@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         params = with_cli_options(load_params(args.params), options, str(args.params))
         result = run(params, progress=not args.no_progress)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UserError as exc:  # a tune section error quotes tune.storage: never its password
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("stopped; rerun the same command: finished fine-tuning runs are reused", file=sys.stderr)

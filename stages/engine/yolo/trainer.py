@@ -19,9 +19,12 @@ One call of ``run_detector``:
 
 ultralytics checkpoints are pickles (loading one runs code from it), so every one is checked
 before it is opened (``stages.core.trust``): the shipped start checkpoint against a digest
-pinned here, our run's ``last.pt``/``best.pt`` and ``models/detector.pt`` against the digest
-recorded when this project wrote them. ultralytics' label caches (``*.cache``, pickled NumPy
-dicts) are neither read nor written during our training: the labels are scanned afresh.
+pinned here, our run's ``last.pt``/``best.pt`` against the sidecar recorded when this project
+wrote them, ``models/detector.pt`` against the git-tracked ``reports/model_digest.json`` the
+train stage writes (the sidecar only for a model outside the pipeline). A ``.pt`` given as
+``train.detector.weights`` is the user's own file and is unpickled unchecked. ultralytics'
+label caches (``*.cache``, pickled NumPy dicts) are neither read nor written during our
+training: the labels are scanned afresh.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ from stages.core.contracts import read_classes, read_parquet
 from stages.core.errors import UserError
 from stages.core.hashing import sha256_file
 from stages.core.layout import Layout
-from stages.core.params import Params
-from stages.core.trust import is_trusted, record_trusted, verify_trusted
+from stages.core.params import DEFAULT_PARAMS_FILE, Params, load_params
+from stages.core.trust import is_trusted, record_trusted, verify_recorded, verify_trusted
 from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, load_policy
 from stages.dataprep.yolo_export import export_dataset
 from stages.engine.callbacks import EpochCallback
@@ -522,13 +525,38 @@ def save_detector(best: Path, meta: dict, target: Path) -> None:
     record_trusted(target)
 
 
-def load_detector(path: Path):
-    """``(YOLO model, meta)`` from ``models/detector.pt``."""
+def detector_record(path: Path) -> Path | None:
+    """The git-tracked digest record for ``path`` when it is this checkout's detector.
+
+    ``paths.reports/model_digest.json`` of the ``params.yaml`` in the working directory when
+    ``path`` is that project's ``paths.models/detector.pt``; None for a model given by path
+    outside the pipeline (its sidecar is checked then).
+    """
+    if not DEFAULT_PARAMS_FILE.is_file():
+        return None
+    try:
+        layout = Layout(load_params(DEFAULT_PARAMS_FILE).paths)
+    except UserError:
+        return None
+    return layout.model_digest if Path(path).resolve() == layout.detector.resolve() else None
+
+
+def load_detector(path: Path, record: Path | None = None):
+    """``(YOLO model, meta)`` from ``models/detector.pt``, once its sha256 matched the record.
+
+    ``record``: the git-tracked digest record (``Layout.model_digest``); None: this checkout's
+    record when ``path`` is its detector (``detector_record``), else the sidecar.
+    """
     from ultralytics import YOLO
 
     if not path.is_file():
         raise UserError(f"{path} not found; run the train stage with data.task: detect first.")
-    verify_trusted(path, what="detector (the train stage with data.task: detect)")
+    checked = verify_recorded(
+        path,
+        record if record is not None else detector_record(path),
+        "detector (the train stage with data.task: detect)",
+    )
+    log.info("%s", checked)
     model = YOLO(str(path))
     # Loaded from a .pt file, so ckpt is its dict (ultralytics leaves the attribute unannotated).
     ckpt = cast("dict[str, Any]", model.ckpt)
