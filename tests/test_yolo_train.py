@@ -67,7 +67,7 @@ def test_pass_through_keys_are_ultralytics_own(tmp_path: Path) -> None:
     assert ultralytics_cfg_keys() == frozenset(DEFAULT_CFG_DICT)
     assert set(DETECTOR_OWNED_KEYS) - {"augmentations"} <= set(DEFAULT_CFG_DICT)  # a train() extra
     params = detect_params(
-        tmp_path, tmp_path, train={"detector": {"ultralytics": {"mosaic": 0.5, "plots": False}}}
+        tmp_path, tmp_path / "src", train={"detector": {"ultralytics": {"mosaic": 0.5, "plots": False}}}
     )
     assert params.train.detector.ultralytics == {"mosaic": 0.5, "plots": False}
 
@@ -82,12 +82,12 @@ def test_pass_through_keys_are_ultralytics_own(tmp_path: Path) -> None:
 )
 def test_pass_through_typos_and_owned_keys_are_errors(tmp_path: Path, passed: dict, message: str) -> None:
     with pytest.raises(ParamsError, match=message):
-        detect_params(tmp_path, tmp_path, train={"detector": {"ultralytics": passed}})
+        detect_params(tmp_path, tmp_path / "src", train={"detector": {"ultralytics": passed}})
 
 
 def test_unknown_detector_key_names_the_allowed_ones(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match=r"unknown key 'train\.detector\.epoch'.*epochs"):
-        detect_params(tmp_path, tmp_path, train={"detector": {"epoch": 3}})
+        detect_params(tmp_path, tmp_path / "src", train={"detector": {"epoch": 3}})
 
 
 def test_params_map_onto_ultralytics_arguments(tmp_path: Path) -> None:
@@ -97,7 +97,7 @@ def test_params_map_onto_ultralytics_arguments(tmp_path: Path) -> None:
 
     params = detect_params(
         tmp_path,
-        tmp_path,
+        tmp_path / "src",
         base={"seed": 7},
         train={"device": "cpu", "num_workers": 1, "detector": {
             "epochs": 5, "image_size": 320, "batch": 8, "optimizer": "SGD", "lr0": 0.02, "lrf": 0.1,
@@ -115,7 +115,7 @@ def test_params_map_onto_ultralytics_arguments(tmp_path: Path) -> None:
     assert [type(A.from_dict(d)).__name__ for d in args["augmentations"]] == ["HorizontalFlip"]
     assert "fliplr" not in args  # builtin_augment (default) keeps ultralytics' own flip, HSV, ...
 
-    off = detect_params(tmp_path, tmp_path, train={"device": "cpu", "detector": {"builtin_augment": False}})
+    off = detect_params(tmp_path, tmp_path / "src", train={"device": "cpu", "detector": {"builtin_augment": False}})
     args = train_arguments(off, tmp_path / "data.yaml", tmp_path / "runs" / "abc", policy)
     assert (args["mosaic"], args["hsv_h"], args["fliplr"]) == (0.0, 0.0, 0.0)
 
@@ -285,7 +285,7 @@ def test_amp_check_and_unicode_font_stay_local(tmp_path: Path) -> None:
         ultralytics_offline,
     )
 
-    layout = Layout(detect_params(tmp_path, tmp_path).paths)
+    layout = Layout(detect_params(tmp_path, tmp_path / "src").paths)
     local = amp_check_dir(layout)
     before = uu.WEIGHTS_DIR
     with ultralytics_offline(local):
