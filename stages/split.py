@@ -18,11 +18,15 @@ from stages.core.params import Params
 from stages.dataprep.groups import assign_groups
 from stages.dataprep.leakage import audit_leakage, audit_splits, describe_plan, leakage_failure, split_metrics
 from stages.dataprep.splitting import (
+    Exclusion,
+    apply_exclude,
     assign_splits,
     class_membership,
     find_near_duplicates,
     predefined_from_file,
+    read_exclude,
     stratum_labels,
+    unit_table,
 )
 from stages.reporting.contact_sheet import draw_contact_sheet
 
@@ -55,12 +59,19 @@ def run(params: Params) -> SplitResult:
     cfg = params.split
     manifest = read_parquet(layout.manifest).sort_values("image_id", kind="stable").reset_index(drop=True)
     log.info("read %d images from %s", len(manifest), layout.manifest)
+    exclusion = Exclusion(None, manifest.iloc[:0][["image_id", "path"]])
+    if cfg.exclude is not None:
+        entries = read_exclude(cfg.exclude)
+        manifest, exclusion = apply_exclude(manifest, entries, cfg.exclude.as_posix())
+        log.info("split.exclude (%s) leaves out %d images", cfg.exclude, len(exclusion.excluded))
     grouping = assign_groups(manifest, cfg.groups, params.data.source)
     manifest["group"] = grouping.groups
     if cfg.predefined_file is not None:
         manifest["split"] = predefined_from_file(manifest, params.data.source / cfg.predefined_file)
     detect = params.data.task == "detect" and layout.boxes.is_file()
     boxes = read_parquet(layout.boxes) if detect else None
+    if boxes is not None:  # an excluded image's boxes leave with it
+        boxes = boxes[boxes["image_id"].isin(manifest["image_id"])].reset_index(drop=True)
     strata = stratum_labels(manifest, boxes)
     pairs = find_near_duplicates(manifest, params.data.source, cfg.near_duplicates, layout.hash_cache)
 
@@ -68,12 +79,19 @@ def run(params: Params) -> SplitResult:
     leakage = audit_leakage(manifest, plan.splits, pairs, cfg)
     audit = audit_splits(manifest, plan.splits, class_membership(manifest, boxes))
     audit |= describe_plan(plan, pairs, grouping, cfg, leakage, layout)
+    audit["excluded"] = exclusion.audit()
+    if exclusion.unmatched:
+        audit["warnings"].append(
+            f"{len(exclusion.unmatched)} entries of split.exclude ({cfg.exclude}) name no image, e.g. "
+            f"{exclusion.unmatched[0]!r}; use paths relative to data.source or image ids."
+        )
     for warning in audit["warnings"]:
         log.warning(warning)
     for note in audit["notes"]:
         log.info(note)
 
     write_parquet(plan.splits, layout.splits)
+    write_parquet(unit_table(manifest, plan, pairs), layout.split_units)
     write_json(audit, layout.split_audit)
     write_json(split_metrics(audit), layout.split_metrics)
     write_json(leakage, layout.leakage_report)

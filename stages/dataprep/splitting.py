@@ -79,6 +79,52 @@ def predefined_from_file(manifest: pd.DataFrame, file: Path) -> pd.Series:
     return splits
 
 
+@dataclass(frozen=True)
+class Exclusion:
+    """What ``split.exclude`` removed: the images left out, and the entries that named none."""
+
+    file: str | None
+    excluded: pd.DataFrame  # image_id, path of the images left out
+    unmatched: tuple[str, ...] = ()
+
+    def audit(self) -> dict:
+        return {
+            "file": self.file,
+            "images": len(self.excluded),
+            "paths": sorted(self.excluded["path"].astype(str)),
+            "unmatched": list(self.unmatched),
+        }
+
+
+def read_exclude(file: Path) -> list[str]:
+    """An exclude file's entries: one path or image_id per line; blank lines and ``#`` comments skipped."""
+    if not file.is_file():
+        raise DataError(
+            f"{file}: split.exclude names a file that does not exist; create it (one image path or "
+            "image_id per line) or set split.exclude: null and remove its dep line from dvc.yaml."
+        )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file}: split.exclude cannot be read ({exc}); save it as UTF-8 text.") from None
+    entries = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return list(dict.fromkeys(e.removeprefix("./") for e in entries if e))
+
+
+def apply_exclude(
+    manifest: pd.DataFrame, entries: list[str], file: str | None = None
+) -> tuple[pd.DataFrame, Exclusion]:
+    """The manifest without the images an entry names exactly: by path (relative to data.source) or id."""
+    paths = manifest["path"].astype("string")
+    ids = manifest["image_id"].astype("string")
+    wanted = set(entries)
+    drop = (paths.isin(wanted) | ids.isin(wanted)).to_numpy(dtype=bool)
+    known = set(paths.dropna()) | set(ids.dropna())
+    unmatched = tuple(e for e in entries if e not in known)
+    excluded = manifest.loc[drop, ["image_id", "path"]].reset_index(drop=True)
+    return manifest.loc[~drop].reset_index(drop=True), Exclusion(file, excluded, unmatched)
+
+
 def stratum_labels(manifest: pd.DataFrame, boxes: pd.DataFrame | None = None) -> pd.Series:
     """What each image is stratified on, indexed by image_id.
 
@@ -141,6 +187,16 @@ def find_near_duplicates(
 
 
 # --- the split -------------------------------------------------------------------------------
+
+
+def unit_table(manifest: pd.DataFrame, plan: SplitPlan, pairs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """image_id -> split unit and near-duplicate cluster (identical or near-duplicate images only,
+    not groups): label_issues folds by unit and calls differing labels inside a cluster conflicts."""
+    clusters = split_units(manifest.drop(columns=["group"], errors="ignore"), pairs)
+    frame = pd.DataFrame({"image_id": pd.array(plan.units.index.to_numpy(), dtype="string")})
+    frame["unit"] = plan.units.to_numpy().astype("int64")
+    frame["cluster"] = clusters.reindex(frame["image_id"].to_numpy()).to_numpy().astype("int64")
+    return frame
 
 
 def split_units(manifest: pd.DataFrame, pairs: pd.DataFrame | None = None) -> pd.Series:
