@@ -60,6 +60,8 @@ def make_project(root: Path, overrides: dict[str, object]) -> Path:
     for name in ("stages", "pipelines"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "data" / "exclude.txt", root / "data" / "exclude.txt")  # split.exclude, a dep
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
     source = Path(raw["data"]["source"])
     if not source.is_absolute():

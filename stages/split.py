@@ -18,7 +18,6 @@ from stages.core.params import Params
 from stages.dataprep.groups import assign_groups
 from stages.dataprep.leakage import audit_leakage, audit_splits, describe_plan, leakage_failure, split_metrics
 from stages.dataprep.splitting import (
-    Exclusion,
     apply_exclude,
     assign_splits,
     class_membership,
@@ -59,11 +58,8 @@ def run(params: Params) -> SplitResult:
     cfg = params.split
     manifest = read_parquet(layout.manifest).sort_values("image_id", kind="stable").reset_index(drop=True)
     log.info("read %d images from %s", len(manifest), layout.manifest)
-    exclusion = Exclusion(None, manifest.iloc[:0][["image_id", "path"]])
-    if cfg.exclude is not None:
-        entries = read_exclude(cfg.exclude)
-        manifest, exclusion = apply_exclude(manifest, entries, cfg.exclude.as_posix())
-        log.info("split.exclude (%s) leaves out %d images", cfg.exclude, len(exclusion.excluded))
+    manifest, exclusion = apply_exclude(manifest, read_exclude(cfg.exclude), cfg.exclude.as_posix())
+    log.info("split.exclude (%s) leaves out %d images", cfg.exclude, len(exclusion.excluded))
     grouping = assign_groups(manifest, cfg.groups, params.data.source)
     manifest["group"] = grouping.groups
     if cfg.predefined_file is not None:

@@ -60,6 +60,8 @@ def make_project(root: Path, classes: dict | None = None, per_class: int = 8, gi
     for name in ("stages", "pipelines"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "data" / "exclude.txt", root / "data" / "exclude.txt")  # split.exclude, a dep
     make_classify_source(root / "data" / "raw", per_class=per_class, classes=classes)
     raw = {
         "data": {"source": "data/raw"},

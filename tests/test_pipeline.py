@@ -64,6 +64,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltProject:
     for name in ("stages", "pipelines"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "data" / "exclude.txt", root / "data" / "exclude.txt")  # split.exclude, a dep
     make_classify_source(root / "data" / "raw", per_class=10)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["data"]["source"] = "data/raw"
@@ -94,9 +96,11 @@ def test_repro_builds_everything_then_a_second_repro_does_nothing(built: BuiltPr
         "ingest",
         "validate",
         "split",
+        "label_issues",
         "augment",
         "train",
         "evaluate",
+        "export",
         "report",
     }
     for output in (
@@ -120,7 +124,7 @@ def test_changing_a_train_param_reruns_only_train_and_downstream(project: Path) 
     params["train"]["lr"] = params["train"]["lr"] * 3
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     result = _dvc(project, "repro")
-    assert _ran_stages(result.stdout) == {"train", "evaluate", "report"}
+    assert _ran_stages(result.stdout) == {"train", "evaluate", "export", "report"}
 
 
 def test_outputs_round_trip_through_a_local_remote(project: Path, tmp_path: Path) -> None:
@@ -153,7 +157,7 @@ def test_changing_augment_params_reruns_augment_and_the_trainer_not_the_data_sta
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     params["augment"]["preset"] = "light" if params["augment"]["preset"] != "light" else "heavy"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    assert _ran_stages(_dvc(project, "repro").stdout) == {"augment", "train", "evaluate", "report"}
+    assert _ran_stages(_dvc(project, "repro").stdout) == {"augment", "train", "evaluate", "export", "report"}
 
     # Only the preview changes: the saved policy is byte-identical, so nothing downstream re-runs.
     params["augment"]["preview"]["views"] = 1

@@ -101,7 +101,7 @@ def read_exclude(file: Path) -> list[str]:
     if not file.is_file():
         raise DataError(
             f"{file}: split.exclude names a file that does not exist; create it (one image path or "
-            "image_id per line) or set split.exclude: null and remove its dep line from dvc.yaml."
+            "image_id per line; an empty file excludes nothing)."
         )
     try:
         text = file.read_text(encoding="utf-8")

@@ -98,11 +98,12 @@ class SplitSection(Section):
         default=None,
         description="CSV with columns path and split, relative to data.source; overrides the source's.",
     )
-    exclude: Path | None = Field(
-        default=None,
+    exclude: Path = Field(
+        default=Path("data/exclude.txt"),
         description="Text file relative to the project (not data.source), one image path (relative "
         "to data.source) or image_id per line, # comments: images left out of every split. dvc.yaml "
-        "tracks it as a dep of split, so excluding a suspect is a reviewed, versioned change.",
+        "tracks it as a dep of split, so excluding a suspect is a reviewed, versioned change; a file "
+        "with no entries (the shipped one) excludes nothing. Never null: dvc.yaml needs a path.",
     )
     groups: GroupSection = GroupSection()
     near_duplicates: NearDuplicateSection = NearDuplicateSection()
