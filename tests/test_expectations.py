@@ -209,6 +209,23 @@ def test_report_warns_about_imbalance_and_renders_data_docs(tmp_path: Path) -> N
     assert "ratio_to_largest" in "".join(p.read_text(encoding="utf-8") for p in pages)
 
 
+def test_data_docs_are_byte_identical_on_a_rerun_with_the_same_data(tmp_path: Path) -> None:
+    """GX stamps pages with the clock and uuid4: without the rewrite dvc.lock changes on every run."""
+    source = make_classify_source(tmp_path / "source", per_class=3)
+    params = fast_params(tmp_path, source)
+    stages.ingest.run(params)
+    docs = Layout(params.paths).validation_docs
+
+    def pages() -> dict[str, bytes]:
+        stages.validate.run(params)
+        return {p.relative_to(docs).as_posix(): p.read_bytes() for p in sorted(docs.rglob("*.html"))}
+
+    first, second = pages(), pages()
+    assert len(first) == 5 and first == second
+    text = b"".join(first.values())
+    assert b"logo-long.png?d=" not in text  # the clock in GX's logo URL (a request per page view)
+
+
 def test_detection_with_every_box_dropped_fails_the_gate(tmp_path: Path) -> None:
     source = write_voc(tmp_path / "source")
     for name in ("a", "b", "d é"):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +212,7 @@ def run_suite(
     # GX logs its internals at INFO (one module even forces INFO on its logger at import).
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
@@ -223,6 +226,9 @@ def run_suite(
         context.delete_data_docs_site(site)  # the default site writes into a temporary folder
     source = context.data_sources.add_pandas("pipeline")
     outcomes: dict[str, list[tuple[Any, pd.DataFrame]]] = {n: [] for n in active}
+    # A fixed run id (GX names the pages and stamps them with it): same data, same Data Docs bytes,
+    # so dvc.lock changes only when the data did (a wall-clock id would change it on every run).
+    run_id = RunIdentifier(run_name="validate", run_time=datetime(2000, 1, 1, tzinfo=UTC))
     for table, frame in frames.items():
         names = [n for n in active if CHECKS[n].table == table]
         if not names:
@@ -235,7 +241,7 @@ def run_suite(
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"validate_{table}", data=batch, suite=suite)
         )
-        result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+        result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY", run_id=run_id)
         for outcome in result.results:
             config = outcome.expectation_config
             assert config is not None, "GX returns each result with the expectation that produced it"
@@ -256,7 +262,33 @@ def run_suite(
             },
         )
         context.build_data_docs(site_names=["validation"])
+        make_docs_reproducible(docs_dir)
     return [_combine(name, severity[name], outcomes[name]) for name in active]
+
+
+RUN_TIME_STAMP = "20000101T000000.000000Z"  # how GX prints the fixed run time above
+_STAMP = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_BEACON = re.compile(r"(logo-long\.png)\?d=[^\"']*")
+
+
+def make_docs_reproducible(docs_dir: Path) -> None:
+    """Rewrite what GX stamps from the clock or uuid4 into each page, so the bytes follow the data.
+
+    GX puts the wall-clock time in a logo URL (a request to its web server each time a page opens)
+    and in the validation time, and a fresh uuid4 into every collapsible block's id: DVC would
+    record a new hash of the docs on every run with identical data. Times become the fixed run
+    time, uuids numbered by first appearance in their page, and the logo URL loses its query.
+    """
+    for page in sorted(docs_dir.rglob("*.html")):
+        text = _STAMP.sub(RUN_TIME_STAMP, _BEACON.sub(r"\1", page.read_text(encoding="utf-8")))
+        page.write_text(_number_uuids(text), encoding="utf-8")
+
+
+def _number_uuids(text: str) -> str:
+    """Each distinct uuid becomes ``block-<n>`` by first appearance (links to it still match)."""
+    numbers: dict[str, str] = {}
+    return _UUID.sub(lambda m: numbers.setdefault(m.group(0), f"block-{len(numbers)}"), text)
 
 
 def _combine(name: str, severity: str, outcomes: list[tuple[Any, pd.DataFrame]]) -> CheckResult:
