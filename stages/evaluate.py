@@ -27,6 +27,7 @@ from stages.metrics.classification import (
     reliability,
     summarise,
 )
+from stages.metrics.paired import classify_document, detect_document, per_image_path, write_per_image
 
 log = logging.getLogger("stages.evaluate")
 STAGE = "evaluate"
@@ -105,6 +106,10 @@ def write_outputs(
     predictions = predictions_frame(rows, y_true, probabilities, classes)
 
     write_json(metrics, layout.metrics)
+    write_per_image(  # the metric gate's paired input (git-tracked)
+        classify_document(rows["image_id"].tolist(), y_true, probabilities, classes, opts),
+        per_image_path(layout.metrics),
+    )
     write_parquet(predictions, layout.predictions)
     write_json(confusion_rows(predictions), layout.plots_dir / "confusion.json")
     write_json(per_class, layout.plots_dir / "per_class.json")
@@ -136,7 +141,7 @@ def _evaluate_detector(params: Params) -> DetectEvaluateResult:
 
     started = time.perf_counter()
     layout = Layout(params.paths)
-    model, meta = load_detector(layout.detector)
+    model, meta = load_detector(layout.detector, layout.model_digest)  # the git-tracked record
     classes: list[str] = meta.get("classes") or [model.names[i] for i in sorted(model.names)]
     conf = float(meta.get("conf", params.train.detector.conf))
     split = params.evaluate.split
@@ -144,9 +149,15 @@ def _evaluate_detector(params: Params) -> DetectEvaluateResult:
     all_boxes = read_parquet(layout.boxes)
     boxes = all_boxes[all_boxes["image_id"].isin(set(rows["image_id"]))]
     truths = detection.truth_arrays(rows, boxes, classes)
-    images = [np.asarray(load_rgb(params.data.source / p)) for p in rows["path"]]
-    predictions = predict_boxes(model, images, int(meta.get("image_size", 640)), params.train.device)
-    log.info("phase predict: %d images (%.1f s)", len(images), time.perf_counter() - started)
+    image_size, batch = int(meta.get("image_size", 640)), params.train.feature_batch_size
+    predictions: list[dict[str, np.ndarray]] = []
+    # Streamed: at most one batch of decoded images is held at once, whatever the split's size.
+    for start in range(0, len(rows), batch):
+        files = [params.data.source / p for p in rows["path"].iloc[start : start + batch]]
+        images = [np.asarray(load_rgb(file)) for file in files]
+        predictions += predict_boxes(model, images, image_size, params.train.device, batch=batch)
+        del images
+    log.info("phase predict: %d images (%.1f s)", len(rows), time.perf_counter() - started)
 
     phase = time.perf_counter()
     matches = detection.match_all(truths, predictions, classes)
@@ -171,6 +182,7 @@ def _evaluate_detector(params: Params) -> DetectEvaluateResult:
 
     table = detection.predictions_table(rows, truths, predictions, classes, conf)
     write_json(metrics, layout.metrics)
+    write_per_image(detect_document(rows["image_id"].tolist(), matches, conf), per_image_path(layout.metrics))
     write_parquet(table, layout.predictions)
     write_json(detection.per_class_rows(matches, conf), layout.plots_dir / "per_class.json")
     write_json(detection.pr_curve_rows(matches), layout.plots_dir / "pr_curve.json")

@@ -42,8 +42,12 @@ def run(params: Params) -> ReportResult:
     page = render_page(params, layout)
     layout.report.parent.mkdir(parents=True, exist_ok=True)
     layout.report.write_text(page.markdown, encoding="utf-8")
-    html = to_html(page.markdown, layout.report.parent, params.report.title)
+    html = to_html(page.markdown, layout.report.parent, params.report.title, layout.figures_dir)
     layout.report_html.write_text(html, encoding="utf-8")
+    from stages.reporting.model_card import MODEL_CARD, render_model_card
+
+    card = layout.paths.reports / MODEL_CARD
+    card.write_text(render_model_card(params, layout), encoding="utf-8")
     return ReportResult(layout.report, layout.report_html, page.sections)
 
 

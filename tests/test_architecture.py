@@ -19,7 +19,17 @@ import yaml
 
 from stages.core.codebase import PROJECT_PACKAGES, PROJECT_ROOT, import_closure
 
-ENTRY_POINTS = ("ingest", "validate", "split", "augment", "train", "evaluate", "report")
+ENTRY_POINTS = (
+    "ingest",
+    "validate",
+    "split",
+    "label_issues",
+    "augment",
+    "train",
+    "evaluate",
+    "export",
+    "report",
+)
 CORE_FORBIDDEN = ("torch", "torchvision", "timm", "ultralytics", "albumentations", "great_expectations")
 ULTRALYTICS_HOME = "stages/engine/yolo"
 DVC_FILES = ("dvc.yaml", "tune/dvc.yaml")

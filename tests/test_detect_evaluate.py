@@ -160,6 +160,7 @@ def test_detection_pipeline_on_the_demo_from_the_command_line(tmp_path: Path) ->
     for name in ("stages",):
         shutil.copytree(REPO_ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO_ROOT / "data" / "demo" / "detect", tmp_path / "data" / "demo" / "detect")
+    shutil.copy(REPO_ROOT / "data" / "exclude.txt", tmp_path / "data" / "exclude.txt")  # split.exclude
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["data"] = {"source": "data/demo/detect", "format": "voc", "task": "detect"}
     params["validate"]["workers"] = 1

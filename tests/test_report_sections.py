@@ -54,7 +54,7 @@ def test_a_section_opens_with_its_heading_between_blank_lines() -> None:
 def test_the_page_keeps_the_section_order() -> None:
     names = [render.__module__.rsplit(".", 1)[-1] for render in SECTIONS]
     assert names == [
-        "headline", "data", "model", "per_class", "errors", "curves", "training", "reproduce"
+        "headline", "data", "model", "per_class", "errors", "label_issues", "curves", "training", "reproduce"
     ]  # fmt: skip
 
 

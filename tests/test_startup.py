@@ -18,7 +18,7 @@ import yaml
 from stages.core.layout import Layout
 from tests.conftest import REPO_ROOT, fast_params, make_classify_source
 
-STAGES = ("ingest", "validate", "split", "augment", "train", "evaluate", "report")
+STAGES = ("ingest", "validate", "split", "label_issues", "augment", "train", "evaluate", "export", "report")
 HEAVY = ("torch", "great_expectations", "albumentations", "ultralytics")
 
 # Runs code in a fresh interpreter, then prints the heavy libraries it left in sys.modules.

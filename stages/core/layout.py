@@ -76,6 +76,22 @@ class Layout:
         return self.paths.interim / "split" / "splits.parquet"
 
     @property
+    def split_units(self) -> Path:
+        """image_id -> split unit and near-duplicate cluster (label_issues folds and conflicts)."""
+        return self.paths.interim / "split" / "units.parquet"
+
+    # label_issues
+    @property
+    def label_issues(self) -> Path:
+        """Suspected label errors, certain conflicts first, then by label quality."""
+        return self.paths.reports / "label_issues.csv"
+
+    @property
+    def label_issues_summary(self) -> Path:
+        """Counts, folds and the estimated noise rate per class pair."""
+        return self.paths.reports / "label_issues.json"
+
+    @property
     def split_audit(self) -> Path:
         return self.paths.reports / "split_audit.json"
 
@@ -117,6 +133,12 @@ class Layout:
     def detector(self) -> Path:
         """The fine-tuned YOLO detector (``data.task: detect``): ultralytics' checkpoint plus our meta."""
         return self.paths.models / "detector.pt"
+
+    @property
+    def model_digest(self) -> Path:
+        """``{checkpoint name: sha256}`` of what train wrote, git-tracked: the anchor loaders check
+        a pickled checkpoint against (``stages.core.trust``), out of reach of the DVC remote."""
+        return self.paths.reports / "model_digest.json"
 
     @property
     def yolo_dataset(self) -> Path:

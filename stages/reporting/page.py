@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from stages.core.layout import Layout
 from stages.core.params import Params
 from stages.reporting.inputs import ReportInputs
-from stages.reporting.markdown import Section
+from stages.reporting.markdown import Section, code, esc
 from stages.reporting.sections import (
     curves,
     data,
     errors,
     headline,
+    label_issues,
     model,
     per_class,
     reproduce,
@@ -32,6 +33,7 @@ SECTIONS: tuple[Callable[[ReportInputs], Section | None], ...] = (
     model.render,
     per_class.render,
     errors.render,
+    label_issues.render,
     curves.render,
     training.render,
     reproduce.render,
@@ -48,11 +50,11 @@ def opening(inputs: ReportInputs) -> list[str]:
     """Title and one sentence: which model, which data, which split, which seed and split fingerprint."""
     p, m = inputs.params, inputs.metrics
     return [
-        f"# {p.report.title}",
+        f"# {esc(p.report.title)}",
         "",
-        f"{model.model_phrase(p, inputs.task)} on `{p.data.source}`; scored on the "
-        f"{m.get('split', p.evaluate.split)} split ({m.get('images', '?')} images), seed {p.base.seed}. "
-        f"Split fingerprint `{m.get('split_hash', '?')}`.",
+        f"{model.model_phrase(p, inputs.task)} on {code(p.data.source)}; scored on the "
+        f"{esc(m.get('split', p.evaluate.split))} split ({esc(m.get('images', '?'))} images), "
+        f"seed {p.base.seed}. Split fingerprint {code(m.get('split_hash', '?'))}.",
     ]
 
 

@@ -16,7 +16,9 @@ from stages.core.params.augment import (
 )
 from stages.core.params.base import BaseSection, DataSection, PathsSection, Section
 from stages.core.params.evaluate import EvaluateSection
+from stages.core.params.export import ExportSection, ParitySection
 from stages.core.params.ingest import IngestSection
+from stages.core.params.label_issues import LabelIssuesSection
 from stages.core.params.loading import (
     DEFAULT_PARAMS_FILE,
     describe_error,
@@ -58,12 +60,15 @@ __all__ = [
     "DataSection",
     "DetectorSection",
     "EvaluateSection",
+    "ExportSection",
     "GroupSection",
     "HashKind",
     "IngestSection",
+    "LabelIssuesSection",
     "LeakageSection",
     "NearDuplicateSection",
     "Params",
+    "ParitySection",
     "PathsSection",
     "PreviewSection",
     "ReportSection",

@@ -35,3 +35,7 @@ class PathsSection(Section):
     models: Path = Path("models")
     reports: Path = Path("reports")
     cache: Path = Field(default=Path("data/cache"), description="Content-addressed caches (not DVC outputs).")
+    export: Path = Field(
+        default=Path("export"),
+        description="The export stage's ONNX models (not under models/: train owns that folder in DVC).",
+    )

@@ -15,7 +15,9 @@ from pydantic import ConfigDict, Field
 from stages.core.params.augment import AugmentSection
 from stages.core.params.base import BaseSection, DataSection, PathsSection, Section
 from stages.core.params.evaluate import EvaluateSection
+from stages.core.params.export import ExportSection
 from stages.core.params.ingest import IngestSection
+from stages.core.params.label_issues import LabelIssuesSection
 from stages.core.params.report import ReportSection
 from stages.core.params.split import SplitSection
 from stages.core.params.train import TrainSection
@@ -32,10 +34,12 @@ class Params(Section):
     ingest: IngestSection = IngestSection()
     validate_: Annotated[ValidateSection, Field(alias="validate")] = ValidateSection()
     split: SplitSection = SplitSection()
+    label_issues: LabelIssuesSection = LabelIssuesSection()
     augment: AugmentSection = AugmentSection()
     train: TrainSection = TrainSection()
     evaluate: EvaluateSection = EvaluateSection()
     report: ReportSection = ReportSection()
+    export: ExportSection = ExportSection()
     gate: dict[str, Any] = Field(
         default_factory=dict, description="python -m pipelines.gate: validated by pipelines/gate_params.py."
     )
