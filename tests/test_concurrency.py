@@ -212,3 +212,19 @@ def test_two_processes_training_the_same_fingerprint_do_not_interleave(prepared)
     saved = torch.load(state, map_location="cpu", weights_only=True)
     assert [r["epoch"] for r in saved["history"]] == [1, 2] and saved["finished"]
     assert not list(state.parent.glob("*.tmp"))  # no temporary file left behind
+
+
+def test_a_checkpoint_has_the_same_bytes_whichever_process_wrote_it(tmp_path: Path, monkeypatch) -> None:
+    """The per-process temporary name must not reach the file: DVC would see a new model each run."""
+    import torch
+
+    from stages.models import checkpoints
+
+    written = []
+    for pid in (111, 222):
+        monkeypatch.setattr(checkpoints.os, "getpid", lambda pid=pid: pid)
+        target = tmp_path / f"run{pid}" / "classifier.pt"
+        target.parent.mkdir()
+        checkpoints.save_atomically({"w": torch.arange(4.0)}, target)
+        written.append(target.read_bytes())
+    assert written[0] == written[1]

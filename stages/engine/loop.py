@@ -33,6 +33,7 @@ from stages.engine.strategies import (
     trainable_blocks,
     trainable_parameter_count,
 )
+from stages.models.checkpoints import save_atomically
 
 log = logging.getLogger("stages.train")
 
@@ -305,9 +306,7 @@ def _save_state(
         "epoch": epoch,
         "finished": finished,
     }
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_atomically(payload, path)
 
 
 def _fmt(value: float | None) -> str:

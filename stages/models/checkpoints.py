@@ -18,13 +18,23 @@ from stages.core.trust import record_trusted
 from stages.models.backbones import Backbone, create_classifier
 
 
+def save_atomically(payload: object, path: Path) -> None:
+    """``torch.save`` under a per-process temporary name, then a rename: readers never see half a file.
+
+    Saved through a file object: given a path, torch names the zip's inner folder after the file,
+    so the pid in the temporary name would make the bytes differ on every run.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as handle:
+        torch.save(payload, handle)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(model: nn.Module, meta: dict, path: Path) -> None:
     """Tensors plus JSON metadata only, so loading works with ``weights_only=True``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"state_dict": state, "meta": json.dumps(meta, sort_keys=True)}, tmp)
-    os.replace(tmp, path)
+    save_atomically({"state_dict": state, "meta": json.dumps(meta, sort_keys=True)}, path)
     record_trusted(path)
 
 

@@ -12,6 +12,7 @@ with every op quantized). Keeping the decode, sigmoid and concat in float fixes 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,11 +38,28 @@ def quantize_int8(
     op_types: tuple[str, ...] | None = None,
 ) -> None:
     """Write ``target``; ``op_types``: only these operators are quantized (None: every supported one)."""
+    if not calibration:
+        raise ValueError("INT8 calibration needs at least one image")
+    root = logging.getLogger()
+    level = root.level
+    # onnxruntime logs one root-logger INFO line per weight whose scale it widens (hundreds).
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        _quantize(model, target, input_name, calibration, op_types)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(
+    model: Path,
+    target: Path,
+    input_name: str,
+    calibration: list[np.ndarray],
+    op_types: tuple[str, ...] | None,
+) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if not calibration:
-        raise ValueError("INT8 calibration needs at least one image")
     with tempfile.TemporaryDirectory(prefix="cv-finetune-int8-") as folder:
         prepared = Path(folder) / "prepared.onnx"
         quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)

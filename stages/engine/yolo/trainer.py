@@ -55,6 +55,7 @@ from stages.core.trust import is_trusted, record_trusted, verify_recorded, verif
 from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, load_policy
 from stages.dataprep.yolo_export import export_dataset
 from stages.engine.callbacks import EpochCallback
+from stages.models.checkpoints import save_atomically
 
 log = logging.getLogger("stages.train")
 
@@ -525,9 +526,7 @@ def save_detector(best: Path, meta: dict, target: Path) -> None:
     ckpt = torch.load(best, map_location="cpu", weights_only=False)  # digest checked above
     ckpt[META_KEY] = json.dumps(meta, sort_keys=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, target)
+    save_atomically(ckpt, target)
     record_trusted(target)
 
 
