@@ -333,3 +333,19 @@ def test_model_card_reports_data_parity_and_escapes_class_names(exported, tmp_pa
     (reports / "export.json").unlink()
     assert "The export stage has not run" in render_model_card(local, Layout(local.paths))
     assert error_rate_bound(0, 15) == pytest.approx(1 - 0.05 ** (1 / 15))  # the rule of three's exact form
+
+
+def test_the_model_card_lists_upstream_hashes_not_the_reports_own(tmp_path: Path) -> None:
+    """The report's own outputs in dvc.lock are the previous run's: listing them never converges."""
+    from stages.reporting.model_card import lock_lines
+
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(
+        "schema: '2.0'\nstages:\n"
+        "  train:\n    outs:\n    - path: models\n      md5: aaa.dir\n"
+        "  report:\n    outs:\n    - path: reports/model_card.md\n      md5: bbb\n",
+        encoding="utf-8",
+    )
+    text = "\n".join(lock_lines(lock))
+    assert "aaa" in text and "model" in text
+    assert "bbb" not in text and "model\\_card" not in text

@@ -177,6 +177,8 @@ def lock_lines(lock: Path = LOCK_FILE) -> list[str]:
     document = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
     lines = ["| stage | output | md5 |", "|---|---|---|"]
     for stage, entry in sorted((document.get("stages") or {}).items()):
+        if stage == "report":  # its own outputs, from the run before this one: never current
+            continue
         for out in entry.get("outs", []):
             lines.append(f"| {esc(stage)} | {esc(out.get('path', ''))} | {esc(out.get('md5', ''))} |")
     return [*lines, "", "As recorded when the report ran: the stages upstream of it in this run.", ""]
