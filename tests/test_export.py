@@ -349,3 +349,26 @@ def test_the_model_card_lists_upstream_hashes_not_the_reports_own(tmp_path: Path
     text = "\n".join(lock_lines(lock))
     assert "aaa" in text and "model" in text
     assert "bbb" not in text and "model\\_card" not in text
+
+
+def test_exported_models_carry_no_path_of_the_machine_that_built_them(tmp_path: Path) -> None:
+    """The dynamo exporter writes Python stack traces (absolute paths) into every node."""
+    import onnx
+    from onnx import helper
+
+    from stages.serving.metadata import strip_trace_metadata
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    for key, value in (("pkg.torch.onnx.stack_trace", 'File "/home/me/project/x.py"'), ("namespace", "m")):
+        entry = node.metadata_props.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph)
+    strip_trace_metadata(model)
+    assert [p.key for p in model.graph.node[0].metadata_props] == ["namespace"]
+    assert b"/home/me" not in model.SerializeToString()

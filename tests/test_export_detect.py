@@ -67,6 +67,12 @@ def test_detector_exports_offline_and_matches_pytorch(trained: Params, network_b
         np.testing.assert_allclose(ours["scores"][:top], theirs["scores"][:top], atol=1e-3)
         np.testing.assert_allclose(ours["boxes"][:top], theirs["boxes"][:top], atol=0.5)
 
+    import onnx as onnx_lib
+
+    props = {p.key: p.value for p in onnx_lib.load(str(params.paths.export / "model.onnx")).metadata_props}
+    assert "date" not in props and "trained on" not in props["description"]  # no clock, no local path
+    assert str(params.paths.processed) not in " ".join(props.values())
+
     # INT8 keeps the scores: one 8-bit scale over pixels and scores together would zero them all
     int8 = load_predictor(params.paths.export / "model.int8.onnx")
     for fp32, q8 in zip(onnx.boxes(images, conf=0.001), int8.boxes(images, conf=0.001), strict=True):

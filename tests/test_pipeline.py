@@ -7,6 +7,7 @@ the tests pass alone, in any order, and the real repository is never touched.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
@@ -116,6 +117,16 @@ def test_repro_builds_everything_then_a_second_repro_does_nothing(built: BuiltPr
     assert _ran_stages(second.stdout) == set()
     assert "up to date" in _dvc(project, "status").stdout
     assert tree_digest(project / "data" / "raw") == built.raw_digest_before
+
+
+@pytest.mark.slow
+def test_a_forced_rerun_with_the_same_inputs_leaves_dvc_lock_byte_identical(project: Path) -> None:
+    """Clocks, uuids and pids must not reach an output: the gate's --check-committed relies on it."""
+    before = (project / "dvc.lock").read_bytes()
+    _dvc(project, "repro", "-f")
+    after = (project / "dvc.lock").read_bytes()
+    changed = difflib.unified_diff(before.decode().splitlines(), after.decode().splitlines(), lineterm="")
+    assert after == before, "\n".join(list(changed)[:40])
 
 
 def test_changing_a_train_param_reruns_only_train_and_downstream(project: Path) -> None:

@@ -84,12 +84,32 @@ def write_metadata(path: Path, info: ModelInfo) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    strip_trace_metadata(model)
+    # ultralytics stamps the export time ("date") and the absolute data.yaml path ("description").
+    kept = [p for p in model.metadata_props if p.key not in (METADATA_KEY, "date")]
+    for prop in kept:
+        if prop.key == "description":
+            prop.value = prop.value.split(" trained on ")[0]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info.to_json()
     onnx.save(model, str(path))
+
+
+def strip_trace_metadata(model: Any) -> None:
+    """Drop the exporters' per-node ``pkg.*`` notes (Python stack traces with absolute paths, FX
+    node dumps): they would put this machine's folders into the model and make its bytes differ
+    between two checkouts of the same code."""
+    graphs = [model.graph, *(function for function in model.functions)]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if not p.key.startswith("pkg.")]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+            graphs += [a.g for a in node.attribute if a.HasField("g")]
+            graphs += [g for a in node.attribute for g in a.graphs]
 
 
 def read_metadata(custom: dict[str, str], path: Path) -> ModelInfo:
