@@ -182,11 +182,13 @@ def onnx(args: argparse.Namespace) -> dict[str, Any]:
 
     available = ort.get_available_providers()
     wanted = "CUDAExecutionProvider" if args.device == "cuda" else "CPUExecutionProvider"
-    if wanted not in available:
-        raise SystemExit(
-            f"onnxruntime {ort.__version__} has no {wanted} (available: {', '.join(available)}); "
-            "the lock installs the CPU-only onnxruntime wheel, the CUDA provider needs onnxruntime-gpu"
-        )
+    if wanted not in available:  # recorded as "not available", not a failure: see step_onnx
+        return {
+            "unavailable": f"onnxruntime {ort.__version__} has no {wanted} (available: "
+            f"{', '.join(available)}); the lock installs the CPU-only onnxruntime wheel and the CUDA "
+            "provider needs onnxruntime-gpu, which replaces it (not locked: one environment cannot "
+            "hold both, and its wheel is far over the device's 64 MiB transfer)"
+        }
     session = ort.InferenceSession(args.model, providers=[wanted, "CPUExecutionProvider"])
     if session.get_providers()[0] != wanted:
         raise SystemExit(f"the session fell back to {session.get_providers()[0]} instead of {wanted}")
