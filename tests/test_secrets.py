@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from pipelines import tune
+from pipelines import strategy_study, tune
 from pipelines.flow import relative_to, report_summary
 from pipelines.tune_params import redact, tune_section
 from stages.core.errors import ParamsError, UserError
@@ -41,7 +41,8 @@ def test_a_storage_error_names_the_study_without_the_password(
     assert "s3cr3t-pw" not in str(caught.value) and "optuna:***@db.internal" in str(caught.value)
 
 
-def test_the_tune_cli_never_prints_the_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("cli", [tune.main, strategy_study.main], ids=["tune", "strategy_study"])
+def test_the_clis_never_print_the_password(tmp_path: Path, capsys: pytest.CaptureFixture[str], cli) -> None:
     params_file = tmp_path / "params.yaml"
     raw = {  # a section-level error: pydantic's message quotes the whole section, storage included
         "data": {"source": str(tmp_path / "data")},
@@ -49,7 +50,7 @@ def test_the_tune_cli_never_prints_the_password(tmp_path: Path, capsys: pytest.C
         "tune": {"storage": URL, "metric": "val_loss", "direction": "maximize"},
     }
     params_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    assert tune.main(["--params", str(params_file), "--no-progress"]) == 2
+    assert cli(["--params", str(params_file), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "set direction: minimize" in err  # the tune section's error
     assert "s3cr3t-pw" not in err and "optuna:***@db.internal" in err
