@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import stages  # noqa: F401  (offline environment)
-from bench.common import SHARED_DATASETS, markdown_table, write_section
-from bench.yolo_compare import render_compare, run_compare
+from bench.common import markdown_table, write_section
+from bench.yolo_compare import raccoon_params, render_compare, run_compare
 from stages.core.params import Params, parse_params
 
 SECTION = "YOLO detector (bench/bench_yolo.py)"
@@ -42,19 +42,7 @@ COMPARE_SECTION = "YOLO detector: pipeline vs bare ultralytics (bench/bench_yolo
 def make_params(root: Path, name: str, epochs: int, imgsz: int, batch: int, **detector) -> Params:
     paths = {k: str(root / "shared" / k) for k in ("interim", "processed")}
     paths |= {k: str(root / name / k) for k in ("models", "reports", "cache")}
-    return parse_params(
-        {
-            "data": {"source": str(SHARED_DATASETS / "raccoon_voc"), "format": "voc", "task": "detect",
-                     "annotations": None},
-            "paths": paths,
-            "validate": {"workers": 2},
-            "augment": {"preview": {"images": 2, "views": 1}},
-            "train": {"device": "cpu", "num_workers": 0, "detector": {
-                "epochs": epochs, "image_size": imgsz, "batch": batch, "ultralytics": {"plots": False},
-                **detector}},
-            "evaluate": {"bootstrap": 1000},
-        }
-    )  # fmt: skip
+    return parse_params(raccoon_params(paths, epochs, imgsz, batch, **detector))
 
 
 def prepare(params: Params) -> dict[str, float]:

@@ -36,24 +36,29 @@ SCORERS = ("ours", "ultralytics")
 INTEGRATIONS = ("dvc", "mlflow", "clearml", "comet", "raytune", "tensorboard", "wandb")
 
 
+def raccoon_params(paths: dict[str, str], epochs: int, imgsz: int, batch: int, **detector: Any) -> dict:
+    """raccoon_voc on the CPU with a small detector budget: both YOLO benches start from this."""
+    return {
+        "data": {"source": str(SHARED_DATASETS / "raccoon_voc"), "format": "voc", "task": "detect",
+                 "annotations": None},
+        "paths": paths,
+        "validate": {"workers": 2},
+        "augment": {"preview": {"images": 2, "views": 1}},
+        "train": {"device": "cpu", "num_workers": 0, "detector": {
+            "epochs": epochs, "image_size": imgsz, "batch": batch, "ultralytics": {"plots": False},
+            **detector}},
+        "evaluate": {"bootstrap": 1000},
+    }  # fmt: skip
+
+
 def compare_params(work: Path, seed: int, epochs: int, imgsz: int, batch: int, outputs: Path) -> Params:
     """The pipeline's params for one seed; models and reports go under ``outputs`` (one per arm)."""
     paths = {k: str(work / k) for k in ("interim", "processed", "cache")}
     paths |= {k: str(outputs / k) for k in ("models", "reports")}
-    return parse_params(
-        {
-            "base": {"seed": seed},
-            "data": {"source": str(SHARED_DATASETS / "raccoon_voc"), "format": "voc", "task": "detect",
-                     "annotations": None},
-            "paths": paths,
-            "validate": {"workers": 2},
-            "augment": {"preview": {"images": 2, "views": 1}},
-            "train": {"device": "cpu", "num_workers": 0, "detector": {
-                "weights": "offline", "epochs": epochs, "image_size": imgsz, "batch": batch,
-                "ultralytics": {"plots": False}}},
-            "evaluate": {"bootstrap": 1000, "split": "test"},
-        }
-    )  # fmt: skip
+    raw = raccoon_params(paths, epochs, imgsz, batch, weights="offline")
+    raw["base"] = {"seed": seed}
+    raw["evaluate"]["split"] = "test"
+    return parse_params(raw)
 
 
 def data_yaml(export: Path, val_folder: str, target: Path) -> Path:
