@@ -419,3 +419,36 @@ def test_served_deployment_runs_the_pipeline_on_a_real_server(
         [sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True, check=True
     )
     assert "up to date" in status.stdout, status.stdout
+
+
+@pytest.mark.slow
+def test_prefect_cli_deploys_prefect_yaml_and_lists_it(
+    prefect_server: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """The README's team commands against a real server: no HTTP 422 from the CLI's own filters."""
+    api, env = prefect_server
+    project = make_project(tmp_path / "project", per_class=2)
+    shutil.copy2(REPO_ROOT / "prefect.yaml", project / "prefect.yaml")
+    env = env | {"CV_FINETUNE_DIR": str(project)}
+
+    def prefect(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", *args],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-3000:]
+        assert "422" not in output and "Traceback" not in output, output[-3000:]
+        return output
+
+    prefect("work-pool", "create", "gpu", "--type", "process")
+    prefect("deploy", "--all")
+    assert "cv-finetune/nightly-gpu" in prefect("deployment", "ls")
+    found = httpx.get(f"{api}/deployments/name/cv-finetune/nightly-gpu", timeout=10).json()
+    assert found["work_pool_name"] == "gpu"
+    assert [(s["schedule"]["cron"], s["active"]) for s in found["schedules"]] == [("0 2 * * *", True)]
+    assert found["parameters"]["overrides"] == {"train.device": "cuda"}
