@@ -181,6 +181,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(url))
     import sqlalchemy.exc
 
+    url = with_locked_driver(url)
     require_driver(url)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     for attempt in range(STORAGE_ATTEMPTS):
@@ -200,8 +201,16 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     raise AssertionError("unreachable")
 
 
+def with_locked_driver(url: str) -> str:
+    """``postgresql://`` names psycopg2 to SQLAlchemy; the lock holds psycopg (3), so say so in the URL."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
 def require_driver(url: str) -> None:
-    """A PostgreSQL/MySQL URL needs a database driver the project does not install by default."""
+    """A MySQL (or other) URL needs a database driver the lock does not hold."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -210,8 +219,8 @@ def require_driver(url: str) -> None:
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise UserError(
             f"tune.storage {url.split('@')[-1]!r} needs a database driver that is not installed "
-            f"({type(exc).__name__}: {redact(str(exc))}); for PostgreSQL run `uv add psycopg2-binary` "
-            "(or use a SQLite path or a journal file ending in .log)."
+            f"({type(exc).__name__}: {redact(str(exc))}); add it with `uv add <driver>` and commit uv.lock, "
+            "or use postgresql://..., a SQLite path or a journal file ending in .log."
         ) from None
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
 from dvc.exceptions import DownloadError
@@ -46,6 +47,7 @@ from pipelines.flow import (
 from stages.core.errors import DataError, ParamsError
 from stages.core.params import parse_params, with_overrides
 from tests.conftest import REPO_ROOT, make_classify_source
+from tests.postgres_cluster import postgres_cluster
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
@@ -325,12 +327,25 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.fixture
 def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """``prefect server start`` on a free 127.0.0.1 port with a temporary PREFECT_HOME."""
+    """``prefect server start`` on a free 127.0.0.1 port with a temporary PREFECT_HOME (SQLite)."""
+    yield from _prefect_server(tmp_path, {})
+
+
+@pytest.fixture
+def prefect_server_on_postgres(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """The same server keeping its state in a throwaway PostgreSQL cluster, as a team runs it."""
+    with postgres_cluster(databases=("prefect",)) as url:
+        database = url.replace("postgresql://", "postgresql+asyncpg://") + "/prefect"
+        yield from _prefect_server(tmp_path, {"PREFECT_API_DATABASE_CONNECTION_URL": database})
+
+
+def _prefect_server(tmp_path: Path, extra: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
     port = _free_port()
     env = os.environ | {
         "PREFECT_HOME": str(tmp_path / "prefect_home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        **extra,
     }
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
@@ -369,10 +384,10 @@ def _wait_for(fetch, done, timeout: float, what: str):
 
 
 @pytest.mark.slow
-def test_served_deployment_runs_the_pipeline_on_a_real_server(
-    prefect_server: tuple[str, dict[str, str]], tmp_path: Path
+def test_served_deployment_runs_the_pipeline_on_a_real_server_on_postgresql(
+    prefect_server_on_postgres: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
-    api, env = prefect_server
+    api, env = prefect_server_on_postgres
     project = make_project(tmp_path / "project", per_class=8, git=True)
     log = (tmp_path / "serve.log").open("w")
     serve = subprocess.Popen(
@@ -403,6 +418,12 @@ def test_served_deployment_runs_the_pipeline_on_a_real_server(
                 "the flow run",
             )
             assert final["state"]["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
+            database = env["PREFECT_API_DATABASE_CONNECTION_URL"].replace("+asyncpg", "")
+            with psycopg.connect(database) as conn:  # the run's state is in PostgreSQL, not SQLite
+                query = "SELECT state_type FROM flow_run WHERE id = %s"
+                stored = conn.execute(query, (run["id"],)).fetchone()
+            assert stored is not None and stored[0] == "COMPLETED"
+            assert not (Path(env["PREFECT_HOME"]) / "prefect.db").exists()
 
             run_filter = {"flow_runs": {"id": {"any_": [run["id"]]}}}
             artifacts = client.post("/artifacts/filter", json=run_filter).json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -18,6 +19,7 @@ from stages import augment, ingest, split, train, validate
 from stages.core.errors import ParamsError, UserError
 from stages.core.params import Params, load_params, parse_params
 from tests.conftest import REPO_ROOT, fast_params, make_classify_source
+from tests.postgres_cluster import postgres_cluster
 
 TUNE_CLI = [sys.executable, "-m", "pipelines.tune"]
 # Only the head's learning rate is searched unless a test says otherwise: linear probes on the cache.
@@ -64,7 +66,7 @@ def with_tune(params: Params, tmp_path: Path, **tune_cfg) -> Params:
 
 def load(params: Params) -> optuna.Study:
     cfg = tune_section(params)
-    return optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+    return optuna.load_study(study_name=cfg.study_name, storage=tune.make_storage(cfg.storage))
 
 
 # --- the on_epoch hook ------------------------------------------------------------------------
@@ -211,9 +213,21 @@ def test_search_resumes_after_ctrl_c_and_writes_a_valid_best_params_file(
     assert len(load(params).trials) == 4 and again.complete == resumed.complete
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_storage(request, tmp_path) -> Iterator[str]:
+    """The study's storage: SQLite (one machine) or a real PostgreSQL cluster (several machines)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}"
+        return
+    with postgres_cluster(databases=("optuna",)) as url:
+        yield f"{url}/optuna"
+
+
 @pytest.mark.slow
-def test_two_workers_share_one_study_without_duplicate_trials(tmp_path, project) -> None:
-    params = with_tune(project, tmp_path, trials=4, study_name="workers", pruner="none")
+def test_two_workers_share_one_study_without_duplicate_trials(tmp_path, project, shared_storage) -> None:
+    params = with_tune(
+        project, tmp_path, trials=4, study_name="workers", pruner="none", storage=shared_storage
+    )
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params_dict(params), sort_keys=False), encoding="utf-8")
     workers = [
@@ -246,6 +260,8 @@ def test_two_workers_share_one_study_without_duplicate_trials(tmp_path, project)
         [int(line.split()[1]) for line in out.splitlines() if line.startswith("trial ")] for out in outputs
     ]
     assert sorted(per_worker[0] + per_worker[1]) == numbers  # every trial ran once, in one worker
+    best = load_params(tmp_path / "best_params.yaml")
+    assert best.train.lr == pytest.approx(load(params).best_params["lr"])  # the file is the study's best
 
 
 # --- detector trials --------------------------------------------------------------------------
@@ -289,12 +305,12 @@ def test_detector_trials_drive_the_yolo_trainer_and_report_map_per_epoch(tmp_pat
     assert best.data.task == "detect"
 
 
-def test_a_postgresql_storage_without_its_driver_is_one_clear_sentence() -> None:
-    """No psycopg2 in the lock: the error names the fix instead of a SQLAlchemy traceback."""
-    from pipelines.tune import make_storage
+def test_storage_urls_use_the_locked_driver_and_a_missing_one_is_one_sentence() -> None:
+    """postgresql:// means psycopg (in the lock), not psycopg2; an unknown driver names the fix."""
+    from pipelines.tune import make_storage, with_locked_driver
 
-    with pytest.raises(UserError, match="uv add psycopg2-binary"):
-        make_storage("postgresql://user:secret@127.0.0.1:1/optuna")
-    with pytest.raises(UserError) as info:
-        make_storage("postgresql://user:secret@127.0.0.1:1/optuna")
+    assert with_locked_driver("postgresql://u:pw@h/db") == "postgresql+psycopg://u:pw@h/db"
+    assert with_locked_driver("sqlite:///x.db") == "sqlite:///x.db"
+    with pytest.raises(UserError, match="uv add") as info:
+        make_storage("mysql://user:secret@127.0.0.1:1/optuna")
     assert "secret" not in str(info.value)  # the password never reaches a log
