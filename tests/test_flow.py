@@ -442,34 +442,90 @@ def test_served_deployment_runs_the_pipeline_on_a_real_server_on_postgresql(
     assert "up to date" in status.stdout, status.stdout
 
 
+def _prefect_cli(cwd: Path, env: dict[str, str], *args: str) -> str:
+    """One ``prefect`` command as a user types it; a 422 or a traceback fails the test."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "422" not in output and "Traceback" not in output, output[-3000:]
+    return output
+
+
+def _deploy_prefect_yaml(project: Path, env: dict[str, str]) -> None:
+    """The README's team commands: a process work pool, then ``prefect deploy --all``."""
+    shutil.copy2(REPO_ROOT / "prefect.yaml", project / "prefect.yaml")
+    _prefect_cli(project, env, "work-pool", "create", "gpu", "--type", "process")
+    _prefect_cli(project, env, "deploy", "--all")
+
+
 @pytest.mark.slow
 def test_prefect_cli_deploys_prefect_yaml_and_lists_it(
     prefect_server: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
-    """The README's team commands against a real server: no HTTP 422 from the CLI's own filters."""
+    """No HTTP 422 from the CLI's own filters; the deployment keeps prefect.yaml's schedule."""
     api, env = prefect_server
     project = make_project(tmp_path / "project", per_class=2)
-    shutil.copy2(REPO_ROOT / "prefect.yaml", project / "prefect.yaml")
     env = env | {"CV_FINETUNE_DIR": str(project)}
-
-    def prefect(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "prefect", "--no-prompt", *args],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        output = done.stdout + done.stderr
-        assert done.returncode == 0, output[-3000:]
-        assert "422" not in output and "Traceback" not in output, output[-3000:]
-        return output
-
-    prefect("work-pool", "create", "gpu", "--type", "process")
-    prefect("deploy", "--all")
-    assert "cv-finetune/nightly-gpu" in prefect("deployment", "ls")
+    _deploy_prefect_yaml(project, env)
+    assert "cv-finetune/nightly-gpu" in _prefect_cli(project, env, "deployment", "ls")
     found = httpx.get(f"{api}/deployments/name/cv-finetune/nightly-gpu", timeout=10).json()
     assert found["work_pool_name"] == "gpu"
     assert [(s["schedule"]["cron"], s["active"]) for s in found["schedules"]] == [("0 2 * * *", True)]
     assert found["parameters"]["overrides"] == {"train.device": "cuda"}
+
+
+@pytest.mark.slow
+def test_a_work_pool_worker_runs_the_deployment_and_pushes_to_the_remote(
+    prefect_server: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """prefect.yaml end to end: a process worker from the checkout pulls the run, dvc pull, the
+    pipeline, dvc push; afterwards the run is Completed and ``dvc status`` is clean."""
+    api, env = prefect_server
+    project = make_project(tmp_path / "project", per_class=6, git=True)
+    remote = tmp_path / "dvc-remote"
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], cwd=project, check=True
+    )
+    env = env | {"CV_FINETUNE_DIR": str(project), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    _deploy_prefect_yaml(project, env)
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gpu", "--limit", "1"],
+        cwd=project,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        with httpx.Client(base_url=api, timeout=10) as client:
+            found = client.get("/deployments/name/cv-finetune/nightly-gpu").json()
+            # No GPU here: the run overrides the deployment's train.device: cuda.
+            body = {"parameters": {"overrides": {"train.device": "cpu"}}}
+            run = client.post(f"/deployments/{found['id']}/create_flow_run", json=body).json()
+
+            def state() -> dict:
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+                return client.get(f"/flow_runs/{run['id']}").json()
+
+            final = _wait_for(
+                state, lambda r: r["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED"}, 300, "the run"
+            )
+            assert final["state"]["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+            assert final["work_pool_name"] == "gpu"
+    finally:
+        _stop(worker)
+        log.close()
+    assert (project / "models" / "classifier.pt").is_file()
+    assert any(remote.rglob("*")), "dvc push uploaded nothing"
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True, check=True
+    )
+    assert "up to date" in status.stdout, status.stdout
