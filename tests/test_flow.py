@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 import stages.split
+from bench import render_report
 from pipelines import deploy
 from pipelines import flow as flow_module
 from pipelines.flow import (
@@ -481,51 +484,93 @@ def test_prefect_cli_deploys_prefect_yaml_and_lists_it(
     assert found["parameters"]["overrides"] == {"train.device": "cuda"}
 
 
+@dataclass(frozen=True)
+class WorkerRun:
+    api: str
+    project: Path
+    remote: Path
+    run: dict  # the finished flow run, as the API returns it
+    worker_log: Path
+
+
+@pytest.fixture(scope="module")
+def worker_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerRun]:
+    """prefect.yaml end to end, once per module: a process worker started from the checkout pulls
+    the deployment's run (dvc pull, the pipeline, dvc push); the server stays up for the UI test."""
+    root = tmp_path_factory.mktemp("work_pool")
+    with contextmanager(_prefect_server)(root, {}) as (api, env):
+        project = make_project(root / "project", per_class=6, git=True)
+        remote = root / "dvc-remote"
+        add_remote = [sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)]
+        subprocess.run(add_remote, cwd=project, check=True)
+        env = env | {"CV_FINETUNE_DIR": str(project), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+        _deploy_prefect_yaml(project, env)
+        log_path = root / "worker.log"
+        log = log_path.open("w")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gpu", "--limit", "1"],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            with httpx.Client(base_url=api, timeout=10) as client:
+                found = client.get("/deployments/name/cv-finetune/nightly-gpu").json()
+                # No GPU here: the run overrides the deployment's train.device: cuda.
+                body = {"parameters": {"overrides": {"train.device": "cpu"}}}
+                run = client.post(f"/deployments/{found['id']}/create_flow_run", json=body).json()
+
+                def state() -> dict:
+                    assert worker.poll() is None, log_path.read_text()[-3000:]
+                    return client.get(f"/flow_runs/{run['id']}").json()
+
+                final = _wait_for(
+                    state, lambda r: r["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED"}, 300, "the run"
+                )
+        finally:
+            _stop(worker)  # by its process group id
+            log.close()
+        yield WorkerRun(api, project, remote, final, log_path)
+
+
 @pytest.mark.slow
-def test_a_work_pool_worker_runs_the_deployment_and_pushes_to_the_remote(
-    prefect_server: tuple[str, dict[str, str]], tmp_path: Path
-) -> None:
-    """prefect.yaml end to end: a process worker from the checkout pulls the run, dvc pull, the
-    pipeline, dvc push; afterwards the run is Completed and ``dvc status`` is clean."""
-    api, env = prefect_server
-    project = make_project(tmp_path / "project", per_class=6, git=True)
-    remote = tmp_path / "dvc-remote"
-    subprocess.run(
-        [sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], cwd=project, check=True
-    )
-    env = env | {"CV_FINETUNE_DIR": str(project), "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    _deploy_prefect_yaml(project, env)
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gpu", "--limit", "1"],
-        cwd=project,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        with httpx.Client(base_url=api, timeout=10) as client:
-            found = client.get("/deployments/name/cv-finetune/nightly-gpu").json()
-            # No GPU here: the run overrides the deployment's train.device: cuda.
-            body = {"parameters": {"overrides": {"train.device": "cpu"}}}
-            run = client.post(f"/deployments/{found['id']}/create_flow_run", json=body).json()
-
-            def state() -> dict:
-                assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
-                return client.get(f"/flow_runs/{run['id']}").json()
-
-            final = _wait_for(
-                state, lambda r: r["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED"}, 300, "the run"
-            )
-            assert final["state"]["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
-            assert final["work_pool_name"] == "gpu"
-    finally:
-        _stop(worker)
-        log.close()
-    assert (project / "models" / "classifier.pt").is_file()
-    assert any(remote.rglob("*")), "dvc push uploaded nothing"
+def test_a_work_pool_worker_runs_the_deployment_and_pushes_to_the_remote(worker_run: WorkerRun) -> None:
+    final = worker_run.run
+    assert final["state"]["type"] == "COMPLETED", worker_run.worker_log.read_text()[-4000:]
+    assert final["work_pool_name"] == "gpu"
+    assert (worker_run.project / "models" / "classifier.pt").is_file()
+    assert any(worker_run.remote.rglob("*")), "dvc push uploaded nothing"
     status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "dvc", "status"],
+        cwd=worker_run.project,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "up to date" in status.stdout, status.stdout
+
+
+@pytest.mark.slow
+def test_the_prefect_ui_renders_its_pages_after_a_run_without_an_error_toast(worker_run: WorkerRun) -> None:
+    """Dashboard, Deployments and the run's page in headless Chromium (.ci/run installs it)."""
+    browser = render_report.find_chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium)")
+    assert worker_run.run["state"]["type"] == "COMPLETED"
+    ui = worker_run.api.removesuffix("/api")
+    pages = {
+        "/dashboard": "cv-finetune",
+        "/deployments": "nightly-gpu",
+        f"/runs/flow-run/{worker_run.run['id']}": worker_run.run["name"],
+    }
+    headless = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000"]
+    for page, expected in pages.items():
+        done = subprocess.run(
+            [*headless, "--dump-dom", ui + page], capture_output=True, text=True, timeout=120
+        )
+        dom = done.stdout
+        assert 'id="app"' in dom, f"{page}: the app did not render"
+        assert "Something went wrong" not in dom and "Oops" not in dom, f"{page} shows an error toast"
+        assert expected in dom, f"{page} does not show {expected!r}"
