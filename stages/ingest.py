@@ -17,6 +17,7 @@ from stages.core.contracts import (
     boxes_frame,
     manifest_frame,
     quarantine_frame,
+    shapes_frame,
     write_json,
     write_parquet,
 )
@@ -46,6 +47,7 @@ class IngestResult:
     ignored: list[str]
     boxes: pd.DataFrame
     summary: dict
+    shapes: pd.DataFrame | None = None
 
     def __str__(self) -> str:
         boxes = f", {len(self.boxes)} boxes" if self.format in DETECTION_FORMATS else ""
@@ -68,19 +70,29 @@ def run(params: Params) -> IngestResult:
     quarantine = quarantine_frame(scan.quarantine + quarantine + duplicate_entries)
     manifest = manifest_frame(rows)
     boxes = boxes_frame([box for row in rows for box in row.get("boxes", [])])
+    shapes = shapes_frame([shape for row in rows for shape in row.get("shapes", [])])
     classes = class_list(manifest, params.data.task, root, scan.classes)
     _log_ignored(scan.ignored)
     summary = ingest_summary(detection.format, detection.evidence, manifest, boxes, quarantine, stats, scan)
+    if len(shapes) or (quarantine["item"] == "shape").any():
+        summary |= {
+            "shapes": len(shapes),
+            "shape_counts": {
+                str(k): int(v) for k, v in shapes["class_name"].value_counts().sort_index().items()
+            },
+            "quarantined_shapes": int((quarantine["item"] == "shape").sum()),
+        }
     for warning in summary["warnings"]:
         log.warning(warning)
 
     layout = Layout(params.paths)
     write_parquet(manifest, layout.ingest_manifest)
     write_parquet(boxes, layout.ingest_boxes)
+    write_parquet(shapes, layout.ingest_shapes)
     write_parquet(quarantine, layout.ingest_quarantine)
     write_json(classes, layout.classes)
     write_json(summary, layout.ingest_summary)
-    return IngestResult(manifest, quarantine, classes, detection.format, scan.ignored, boxes, summary)
+    return IngestResult(manifest, quarantine, classes, detection.format, scan.ignored, boxes, summary, shapes)
 
 
 def _log_ignored(ignored: list[str]) -> None:

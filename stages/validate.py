@@ -21,6 +21,7 @@ from stages.core.contracts import (
     quarantine_frame,
     read_classes,
     read_parquet,
+    shapes_frame,
     write_json,
     write_parquet,
 )
@@ -35,6 +36,8 @@ from stages.dataprep.validation import (
     apply_policy,
     drop_boxes_of_quarantined,
     reconcile_sizes,
+    shape_counts,
+    shapes_of_valid,
     validation_report,
 )
 
@@ -60,6 +63,7 @@ def run(params: Params) -> ValidateResult:
     manifest = read_parquet(layout.ingest_manifest)
     classes = read_classes(layout.classes)
     boxes = read_parquet(layout.ingest_boxes) if layout.ingest_boxes.is_file() else boxes_frame([])
+    shapes = read_parquet(layout.ingest_shapes) if layout.ingest_shapes.is_file() else shapes_frame([])
     ingest = _read_summary(layout.ingest_summary)
     files = [params.data.source / p for p in manifest["path"]]
     formats = allowed_formats(params.ingest.image_extensions)
@@ -67,7 +71,8 @@ def run(params: Params) -> ValidateResult:
         files, manifest["sha256"].tolist(), params.validate_, layout.integrity_cache, formats
     )
     keep, quarantine = apply_policy(manifest, facts, params.validate_)
-    manifest, same_size, resized, fixed = reconcile_sizes(manifest, facts, boxes)
+    placed = pd.concat([boxes[["image_id"]], shapes[["image_id"]]])  # masks are sized too
+    manifest, same_size, resized, fixed = reconcile_sizes(manifest, facts, placed)
     if fixed:
         log.info(
             "%d images without boxes decode to another size than their header said; sizes corrected", fixed
@@ -83,6 +88,10 @@ def run(params: Params) -> ValidateResult:
         manifest, valid, quarantine, classes, params.validate_, boxes, valid_boxes, params.data.task
     )
     report = add_checks(report, checks, ingest, valid, valid_boxes, classes, params)
+    valid_shapes = shapes_of_valid(shapes, valid)
+    if len(shapes):
+        report |= {"shapes_in": len(shapes), "shapes_valid": len(valid_shapes)}
+        report["shape_counts"] = shape_counts(valid_shapes, classes)
     for warning in report["warnings"]:
         log.warning(warning)
     log.info("Data Docs: %s", layout.validation_docs / "index.html")
@@ -91,7 +100,7 @@ def run(params: Params) -> ValidateResult:
     write_json(report, layout.validation_report)
     failed = [c.name for c in checks if c.severity == "blocking" and not c.success]
     if failed:
-        for stale in (layout.manifest, layout.boxes):
+        for stale in (layout.manifest, layout.boxes, layout.shapes):
             stale.unlink(missing_ok=True)  # nothing downstream may read data that failed the gate
         raise DataError(
             f"validation failed on blocking checks {', '.join(failed)} (see {layout.validation_report} and "
@@ -99,6 +108,7 @@ def run(params: Params) -> ValidateResult:
         )
     write_parquet(valid, layout.manifest)
     write_parquet(valid_boxes, layout.boxes)
+    write_parquet(valid_shapes, layout.shapes)
     return ValidateResult(valid, quarantine_frame(quarantine), report, valid_boxes)
 
 

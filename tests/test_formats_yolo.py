@@ -36,7 +36,7 @@ def _labels(source: Path, name: str, *rows: str) -> None:
         ("-1 0.5 0.5 0.2 0.2", "unknown_class"),
         ("0.5 0.5 0.5 0.2 0.2", "unknown_class"),
         ("0 0.5 0.5 0.2", "box_malformed"),
-        ("0 0.5 0.5 0.2 0.2 0.1 0.1", "box_malformed"),
+        ("0 0.5 0.5 0.2 0.2 0.1", "box_malformed"),  # 7+ odd fields: a YOLO-seg polygon (test_shapes)
         ("cat 0.5 0.5 0.2 0.2", "box_malformed"),
         ("0 0.5 half 0.2 0.2", "box_malformed"),
         ("0 32 24 10 10", "box_not_normalized"),

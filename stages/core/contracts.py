@@ -12,6 +12,12 @@ import pandas as pd
 MANIFEST_COLUMNS = ["image_id", "path", "sha256", "width", "height", "label", "group", "split", "source"]
 QUARANTINE_COLUMNS = ["path", "reason", "detail", "stage", "item", "annotation"]
 BOX_COLUMNS = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max", "difficult", "truncated"]
+# Polygons (``points``: flat x, y pixels of the displayed image) and masks (``counts``: COCO
+# compressed RLE over the whole displayed image, manifest width x height); x_min..y_max: tight box.
+SHAPE_COLUMNS = [
+    "image_id", "class_name", "kind", "points", "counts", "iscrowd", "occluded", "z_order", "attributes",
+    "x_min", "y_min", "x_max", "y_max",
+]  # fmt: skip
 SPLIT_NAMES = ("train", "val", "test")
 # reports/predictions.parquet for detection: one row per box, predicted ("prediction", with a
 # score; outcome tp/fp) or true ("truth"; outcome matched/missed), pixels of the original image.
@@ -84,6 +90,34 @@ def boxes_frame(rows: list[dict]) -> pd.DataFrame:
         }
     )
     order = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def shapes_frame(rows: list[dict]) -> pd.DataFrame:
+    """Shapes with the contract's columns, in a stable order (``points`` is a list column)."""
+    frame = pd.DataFrame(rows, columns=SHAPE_COLUMNS)
+    frame["points"] = pd.Series(
+        [list(p) if isinstance(p, list | tuple) else None for p in frame["points"]],
+        index=frame.index,
+        dtype=object,
+    )
+    frame = frame.astype(
+        {
+            "image_id": "string",
+            "class_name": "string",
+            "kind": "string",
+            "counts": "string",
+            "iscrowd": "bool",
+            "occluded": "bool",
+            "z_order": "int64",
+            "attributes": "string",
+            "x_min": "float64",
+            "y_min": "float64",
+            "x_max": "float64",
+            "y_max": "float64",
+        }
+    )
+    order = ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max", "kind"]
     return frame.sort_values(order, kind="stable").reset_index(drop=True)
 
 

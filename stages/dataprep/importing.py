@@ -17,9 +17,11 @@ from stages.core.contracts import (
 from stages.core.errors import DataError
 from stages.core.hashing import sha256_file
 from stages.core.params import IngestSection
-from stages.dataprep.formats import DETECTION_FORMATS, BoxRecord, SourceItem
+from stages.dataprep.file_facts import FileFacts, read_files
+from stages.dataprep.formats import DETECTION_FORMATS, TAG_FORMATS, BoxRecord, SourceItem
 from stages.dataprep.formats.base import orphaned_boxes
 from stages.dataprep.imaging import ImageHeader, ImageReadError, allowed_formats, orient_box, read_header
+from stages.dataprep.shape_import import convert_shapes, orphaned_shapes
 
 STAGE = "ingest"
 _CLIP_TOLERANCE = 1e-3  # px: float noise at the border is clipped without counting
@@ -35,7 +37,7 @@ class _Stats:
 
 def check_task(fmt: str, task: str, root: Path, evidence: str = "") -> None:
     """Refuse a task the annotations cannot serve, before any image is read."""
-    if task == "classify" and fmt in DETECTION_FORMATS:
+    if task == "classify" and fmt in DETECTION_FORMATS and fmt not in TAG_FORMATS:
         found = f" ({evidence})" if evidence else ""
         raise DataError(
             f"{root}: data.task is classify but the source holds '{fmt}' detection annotations{found}; set "
@@ -57,16 +59,18 @@ def describe_items(
     quarantine: list[QuarantineEntry] = []
     stats = _Stats()
     formats = allowed_formats(params.image_extensions)
-    for item in tqdm(items, desc="ingest: reading headers", unit="img", leave=False):
+    facts = read_files(read_file, [item.file for item in items], formats, params.workers)
+    progress = tqdm(facts, desc="ingest: reading headers", unit="img", leave=False, total=len(items))
+    for item, fact in zip(items, progress, strict=True):
         try:
-            header = read_header(item.file, formats)
+            header, sha = fact.unwrap()  # read in worker processes (ingest.workers)
         except ImageReadError as exc:
             quarantine.append(
                 QuarantineEntry(item.rel_path, exc.reason, exc.detail, STAGE, "image", item.source)
             )
             quarantine.extend(orphaned_boxes(item.rel_path, item.boxes, f"{item.rel_path} is not usable"))
+            quarantine.extend(orphaned_shapes(item, f"{item.rel_path} is not usable"))
             continue
-        sha = sha256_file(item.file)
         row = {
             "image_id": image_id_from_sha256(sha),
             "path": item.rel_path,
@@ -82,14 +86,31 @@ def describe_items(
             row["boxes"], dropped, clipped = convert_boxes(item, header, row["image_id"], params)
             quarantine.extend(dropped)
             stats.clipped += clipped
-            if _size_disagrees(item.declared_size, header):
-                stats.size_mismatches += 1
-                if not stats.first_mismatch:
-                    w, h = item.declared_size or (0, 0)
-                    size = f"{header.width}x{header.height}"
-                    stats.first_mismatch = f"{item.rel_path}: {item.source} says {w}x{h}, the file is {size}"
+        if item.shapes:
+            frame = box_frame(item, header, params.box_orientation)
+            row["shapes"], derived, dropped, clipped = convert_shapes(item, header, row["image_id"], frame)
+            if item.boxes is not None:
+                row["boxes"] = row["boxes"] + derived  # a shape without a box of its own gives its tight box
+            quarantine.extend(dropped)
+            stats.clipped += clipped
+        if item.boxes is not None and _size_disagrees(item.declared_size, header):
+            stats.size_mismatches += 1
+            if not stats.first_mismatch:
+                w, h = item.declared_size or (0, 0)
+                size = f"{header.width}x{header.height}"
+                stats.first_mismatch = f"{item.rel_path}: {item.source} says {w}x{h}, the file is {size}"
         rows.append(row)
     return rows, quarantine, stats
+
+
+def read_file(job: tuple[Path, tuple[str, ...]]) -> FileFacts:
+    """One file's header, then its hash (an unreadable file is never hashed); runs in a worker."""
+    file, formats = job
+    try:
+        header = read_header(file, formats)
+    except ImageReadError as exc:
+        return FileFacts(None, "", exc.reason, exc.detail)
+    return FileFacts(header, sha256_file(file))
 
 
 def box_frame(item: SourceItem, header: ImageHeader, policy: str) -> str:

@@ -49,6 +49,17 @@ def drop_boxes_of_quarantined(
     return kept.reset_index(drop=True), entries
 
 
+def shapes_of_valid(shapes: pd.DataFrame, valid: pd.DataFrame) -> pd.DataFrame:
+    """Shapes pass through validate unchanged; those of an image quarantined here go with it."""
+    return shapes[shapes["image_id"].isin(set(valid["image_id"]))].reset_index(drop=True)
+
+
+def shape_counts(shapes: pd.DataFrame, classes: list[str]) -> dict[str, int]:
+    """Polygons and masks per class, for the report's data section."""
+    counts = shapes["class_name"].value_counts().reindex(classes, fill_value=0)
+    return {str(k): int(v) for k, v in counts.items()}
+
+
 def apply_policy(
     manifest: pd.DataFrame, facts: list[IntegrityFacts], params: ValidateSection
 ) -> tuple[pd.Series, list[QuarantineEntry]]:

@@ -20,12 +20,12 @@ class BaseSection(Section):
 
 class DataSection(Section):
     source: Path = Field(description="Dataset root; read only, never written.")
-    format: Literal["auto", "folder", "coco", "yolo", "voc"] = "auto"
+    format: Literal["auto", "folder", "coco", "yolo", "voc", "cvat", "labelstudio", "masks"] = "auto"
     task: Literal["classify", "detect"] = "classify"
     annotations: Path | None = Field(
         default=None,
         description="Annotation file relative to source when the layout leaves a choice: the COCO JSON, "
-        "or the YOLO dataset YAML that lists the class names.",
+        "the YOLO dataset YAML that lists the class names, the CVAT XML or the Label Studio JSON export.",
     )
 
 

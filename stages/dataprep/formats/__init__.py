@@ -14,19 +14,30 @@ from pathlib import Path
 
 from stages.core.errors import DataError
 from stages.core.params import DataSection, IngestSection
-from stages.dataprep.formats import coco, folder, voc, yolo
-from stages.dataprep.formats.base import BoxRecord, SourceItem, SourceScan, inside_root
+from stages.dataprep.formats import coco, cvat, folder, labelstudio, masks, voc, yolo
+from stages.dataprep.formats.base import BoxRecord, ShapeRecord, SourceItem, SourceScan, inside_root, rel
 
 Reader = Callable[[Path, DataSection, IngestSection], SourceScan]
 
-READERS: dict[str, Reader] = {"folder": folder.scan, "coco": coco.scan, "yolo": yolo.scan, "voc": voc.scan}
-DETECTION_FORMATS = ("coco", "yolo", "voc")
+READERS: dict[str, Reader] = {
+    "folder": folder.scan,
+    "coco": coco.scan,
+    "yolo": yolo.scan,
+    "voc": voc.scan,
+    "cvat": cvat.scan,
+    "labelstudio": labelstudio.scan,
+    "masks": masks.scan,
+}
+DETECTION_FORMATS = ("coco", "yolo", "voc", "cvat", "labelstudio", "masks")
+TAG_FORMATS = ("cvat", "labelstudio")  # also carry image-level labels: they serve classification too
 
 __all__ = [
     "DETECTION_FORMATS",
     "READERS",
+    "TAG_FORMATS",
     "BoxRecord",
     "Detection",
+    "ShapeRecord",
     "SourceItem",
     "SourceScan",
     "detect_format",
@@ -49,14 +60,27 @@ def detect_format(root: Path, data: DataSection | None = None) -> Detection:
     voc: ``Annotations/`` or ``annotations/`` with ``.xml`` files; coco: a JSON with
     ``"images"`` and ``"annotations"`` keys at the root, in ``annotations/`` or in Roboflow
     split folders; yolo: ``labels/`` (or ``<split>/labels``) with ``.txt`` files beside
-    ``images/``, or a dataset YAML with ``names``. Two matches are refused (which one is
+    ``images/``, or a dataset YAML with ``names``; cvat: an ``annotations.xml`` with CVAT's
+    ``<annotations>``/``<version>`` at the root or one folder down; labelstudio: a root JSON
+    list that reads like a Label Studio export (full or JSON-MIN); masks: PNG files in ``masks/``
+    beside ``images/`` and a ``classes.txt``. Two matches are refused (which one is
     right is the user's call); none is the folder-per-class layout.
     """
     named = data.annotations if data is not None else None
-    if named is not None and named.suffix.lower() in (".json", ".yaml", ".yml"):
-        fmt = "coco" if named.suffix.lower() == ".json" else "yolo"
+    if named is not None and named.suffix.lower() in (".json", ".yaml", ".yml", ".xml"):
+        suffix = named.suffix.lower()
+        fmt = {".json": "coco", ".xml": "cvat"}.get(suffix, "yolo")
+        if suffix == ".json" and labelstudio.looks_like_labelstudio(root / named):
+            fmt = "labelstudio"
         return Detection(fmt, f"data.annotations names {named.as_posix()}")
-    rules = (("voc", _voc(root)), ("coco", _coco(root)), ("yolo", _yolo(root)))
+    rules = (
+        ("voc", _voc(root)),
+        ("coco", _coco(root)),
+        ("yolo", _yolo(root)),
+        ("cvat", _cvat(root)),
+        ("labelstudio", _labelstudio(root)),
+        ("masks", masks.detected(root)),
+    )
     found = {fmt: why for fmt, why in rules if why}
     if len(found) > 1:
         listed = "; ".join(f"{fmt}: {why}" for fmt, why in found.items())
@@ -67,7 +91,11 @@ def detect_format(root: Path, data: DataSection | None = None) -> Detection:
     if found:
         fmt, why = next(iter(found.items()))
         return Detection(fmt, why)
-    return Detection("folder", "no VOC XML, COCO JSON or YOLO labels found: one folder per class")
+    return Detection(
+        "folder",
+        "no VOC XML, COCO JSON, YOLO labels, CVAT XML, Label Studio JSON or mask PNGs found: one folder per "
+        "class",
+    )
 
 
 def reader_for(fmt: str, root: Path, data: DataSection | None = None) -> tuple[Detection, Reader]:
@@ -117,3 +145,16 @@ def _yolo(root: Path) -> str | None:
     if yaml_file is not None:
         return f"dataset YAML {yaml_file.name} with class names"
     return None
+
+
+def _cvat(root: Path) -> str | None:
+    files = cvat.find_files(root)
+    return f"CVAT XML {', '.join(rel(root, f) for f in files)}" if files else None
+
+
+def _labelstudio(root: Path) -> str | None:
+    try:
+        file = labelstudio.find_file(root)
+    except DataError:
+        return "several Label Studio JSON exports at the root"  # the reader says which to pick
+    return f"Label Studio JSON {file.name}" if file is not None else None

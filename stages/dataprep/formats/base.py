@@ -38,6 +38,29 @@ class BoxRecord:
 
 
 @dataclass(frozen=True)
+class ShapeRecord:
+    """One region as the annotation states it: a polygon or a whole-image COCO RLE mask.
+
+    ``points`` is a flat ``x0, y0, x1, y1 ...`` in pixels or (``normalized``) fractions; a mask
+    is COCO compressed RLE ``counts`` over ``mask_size`` (height, width) of the annotated
+    image (vendor RLE is decoded by the reader). ``has_box``: the annotation also gave a box,
+    so no tight box is derived from the shape for detection.
+    """
+
+    class_name: str
+    where: str
+    points: tuple[float, ...] | None = None
+    counts: str | None = None
+    mask_size: tuple[int, int] | None = None
+    normalized: bool = False
+    iscrowd: bool = False
+    has_box: bool = False
+    occluded: bool = False
+    z_order: int = 0
+    attributes: str = ""  # JSON object of the tool's per-shape attributes, "" when none
+
+
+@dataclass(frozen=True)
 class SourceItem:
     """One image named by the source, before any byte of it is read."""
 
@@ -53,6 +76,7 @@ class SourceItem:
     # The image the coordinates refer to when the file carries an EXIF rotation and nothing
     # else tells (ingest.box_orientation: auto): YOLO follows ultralytics (displayed).
     box_frame: Literal["stored", "displayed"] = "stored"
+    shapes: tuple[ShapeRecord, ...] = ()  # polygons and masks, in the same units as the boxes
 
 
 @dataclass

@@ -26,6 +26,7 @@ from stages.core.errors import DataError
 from stages.core.params import DataSection, IngestSection
 from stages.dataprep.formats.base import (
     BoxRecord,
+    ShapeRecord,
     SourceItem,
     SourceScan,
     inside_root,
@@ -37,6 +38,7 @@ from stages.dataprep.formats.base import (
     split_of,
     unique_dirs,
 )
+from stages.dataprep.shapes import coco_rle, rle_encode
 
 ROOT_NAMES = ("annotations.json", "_annotations.coco.json")
 STAGE = "ingest"
@@ -63,6 +65,7 @@ class CocoAnnotation(_Loose):
     image_id: int | str
     category_id: int | str
     bbox: Any = None  # checked per annotation: a bad one is quarantined, not fatal
+    segmentation: Any = None  # polygons [[x, y, ...], ...] or RLE {"counts", "size"}; checked likewise
     iscrowd: int | bool = 0
 
 
@@ -275,14 +278,22 @@ def _scan_file(
             out.quarantine.append(QuarantineEntry(shown[image.id], problem, detail, STAGE, "image", where))
 
     boxes: dict[int | str, list[BoxRecord]] = {image.id: [] for image in p.doc.images}
+    shapes: dict[int | str, list[ShapeRecord]] = {image.id: [] for image in p.doc.images}
     for index, ann in enumerate(p.doc.annotations):
         where = f"{name} annotation id {ann.id if ann.id is not None else f'#{index}'}"
+        path = shown.get(ann.image_id, name)
+        found = _check_shapes(ann, where, categories, boxes)
+        if isinstance(found, tuple):
+            out.quarantine.append(QuarantineEntry(path, found[0], found[1], STAGE, "shape", where))
+            found = []
+        shapes.get(ann.image_id, []).extend(found)
+        if ann.bbox in (None, []) and found:
+            continue  # a segmentation without a bbox: ingest derives the tight box of each shape
         checked = _check_annotation(ann, where, categories, boxes)
         if isinstance(checked, BoxRecord):
             boxes[ann.image_id].append(checked)
         else:
             reason, detail = checked
-            path = shown.get(ann.image_id, name)
             out.quarantine.append(QuarantineEntry(path, reason, detail, STAGE, "box", where))
 
     referenced: set[Path] = set()
@@ -290,6 +301,17 @@ def _scan_file(
         file = files[image.id]
         if file is None:
             out.quarantine.extend(orphaned_boxes(shown[image.id], boxes[image.id], "its image is not usable"))
+            out.quarantine.extend(
+                QuarantineEntry(
+                    shown[image.id],
+                    "image_quarantined",
+                    f"{s.where} was dropped because its image is not usable.",
+                    STAGE,
+                    "shape",
+                    s.where,
+                )
+                for s in shapes[image.id]
+            )
             continue
         referenced.add(file)
         out.items.append(
@@ -301,6 +323,7 @@ def _scan_file(
                 group=None,
                 source=name,
                 boxes=tuple(boxes[image.id]),
+                shapes=tuple(shapes[image.id]),
                 declared_size=(image.width, image.height) if image.width and image.height else None,
             )
         )
@@ -339,3 +362,39 @@ def _check_annotation(
             f"{where} has bbox {ann.bbox!r}; COCO boxes are [x, y, width, height] numbers.",
         )
     return BoxRecord(categories[ann.category_id], x, y, x + w, y + h, where)
+
+
+def _check_shapes(
+    ann: CocoAnnotation, where: str, categories: dict[int | str, str], boxes: dict[int | str, list]
+) -> list[ShapeRecord] | tuple[str, str]:
+    """The annotation's polygons or RLE mask as shapes (none when it has no segmentation)."""
+    seg = ann.segmentation
+    if seg is None or seg == [] or ann.image_id not in boxes or ann.category_id not in categories:
+        return []  # no segmentation, or the box check says what is wrong with the annotation
+    name = categories[ann.category_id]
+    crowd = bool(ann.iscrowd)
+    has_box = ann.bbox not in (None, []) or crowd  # a crowd region never becomes a detection box
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        try:
+            height, width = (int(v) for v in size) if isinstance(size, list) else (0, 0)
+            counts = rle_encode(coco_rle(seg, height, width))
+        except (ValueError, TypeError) as exc:
+            return "shape_malformed", f"{where} has a segmentation RLE that cannot be read: {exc}."
+        return [
+            ShapeRecord(name, where, counts=counts, mask_size=(height, width), iscrowd=crowd, has_box=has_box)
+        ]
+    if not isinstance(seg, list) or not all(isinstance(part, list) for part in seg):
+        return (
+            "shape_malformed",
+            f"{where} has segmentation {str(seg)[:60]!r}; COCO polygons are [[x1, y1, x2, y2, ...], ...].",
+        )
+    shapes: list[ShapeRecord] = []
+    for number, part in enumerate(seg, start=1):
+        if not all(type(v) in (int, float) for v in part):  # not bool, not a numeric string
+            return "shape_malformed", f"{where} polygon {number} holds a value that is not a number."
+        label = where if len(seg) == 1 else f"{where} polygon {number}"
+        shapes.append(
+            ShapeRecord(name, label, points=tuple(float(v) for v in part), iscrowd=crowd, has_box=has_box)
+        )
+    return shapes

@@ -20,6 +20,7 @@ from stages.core.errors import DataError
 from stages.core.params import DataSection, IngestSection
 from stages.dataprep.formats.base import (
     BoxRecord,
+    ShapeRecord,
     SourceItem,
     SourceScan,
     inside_root,
@@ -89,9 +90,10 @@ def scan(root: Path, data: DataSection, params: IngestSection) -> SourceScan:
                 continue
             label = (labels_dir / file.relative_to(images_dir)).with_suffix(".txt")
             matched.add(label)
-            boxes = _read_labels(root, label, image_rel, names, out) if label.is_file() else ()
-            if boxes is None:
+            read = _read_labels(root, label, image_rel, names, out) if label.is_file() else ((), ())
+            if read is None:
                 continue  # the label file itself was refused; the image goes with it
+            boxes, shapes = read
             out.items.append(
                 SourceItem(
                     file=file,
@@ -101,6 +103,7 @@ def scan(root: Path, data: DataSection, params: IngestSection) -> SourceScan:
                     group=None,
                     source=rel(root, label) if label.is_file() else "yolo (no label file)",
                     boxes=boxes,
+                    shapes=shapes,
                     box_frame="displayed",
                 )
             )
@@ -191,8 +194,8 @@ def _indexed_names(name: str, names: dict) -> list:
 
 def _read_labels(
     root: Path, label: Path, image_rel: str, names: list[str], out: SourceScan
-) -> tuple[BoxRecord, ...] | None:
-    """Parse one label file; bad rows are quarantined one by one."""
+) -> tuple[tuple[BoxRecord, ...], tuple[ShapeRecord, ...]] | None:
+    """Parse one label file into boxes and (YOLO-seg) polygons; bad rows are quarantined one by one."""
     label_rel = rel(root, label)
     if not inside_root(root, label):
         out.quarantine.append(_outside(label_rel, "annotation"))
@@ -222,16 +225,52 @@ def _read_labels(
         )
         return None
     boxes: list[BoxRecord] = []
+    shapes: list[ShapeRecord] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{label_rel} line {number}"
-        parsed = _parse_row(line, where, names)
+        parsed = (
+            _parse_polygon_row(line, where, names)
+            if len(line.split()) > 5
+            else _parse_row(line, where, names)
+        )
         if isinstance(parsed, BoxRecord):
             boxes.append(parsed)
+        elif isinstance(parsed, ShapeRecord):
+            shapes.append(parsed)
         else:
-            out.quarantine.append(QuarantineEntry(image_rel, parsed[0], parsed[1], STAGE, "box", where))
-    return tuple(boxes)
+            item = "shape" if parsed[0] != "box_malformed" and len(line.split()) > 5 else "box"
+            out.quarantine.append(QuarantineEntry(image_rel, parsed[0], parsed[1], STAGE, item, where))
+    return tuple(boxes), tuple(shapes)
+
+
+def _parse_polygon_row(line: str, where: str, names: list[str]) -> ShapeRecord | tuple[str, str]:
+    """YOLO-seg ``class x1 y1 x2 y2 ...`` (normalised) -> a polygon; ingest derives its tight box."""
+    fields = line.split()
+    if len(fields) % 2 == 0 or len(fields) < 7:
+        return (
+            "box_malformed",
+            f"{where} has {len(fields)} fields; a YOLO row is 'class cx cy w h' (5) or a YOLO-seg polygon "
+            "'class x1 y1 x2 y2 x3 y3 ...' (an odd count, at least 7).",
+        )
+    try:
+        index = float(fields[0])
+        points = tuple(float(v) for v in fields[1:])
+    except ValueError:
+        return "shape_malformed", f"{where} holds a value that is not a number ({line.strip()[:60]!r})."
+    if not index.is_integer() or not 0 <= index < len(names):
+        return (
+            "unknown_class",
+            f"{where} has class {fields[0]}, outside 0..{len(names) - 1} of the {len(names)} class names.",
+        )
+    if all(math.isfinite(v) for v in points) and max(points) > 1 + _TOLERANCE:
+        return (
+            "shape_not_normalized",
+            f"{where} has values above 1: pixel coordinates, but YOLO-seg points are fractions of the image "
+            "size; divide by the image width and height.",
+        )
+    return ShapeRecord(names[int(index)], where, points=points, normalized=True)
 
 
 def _parse_row(line: str, where: str, names: list[str]) -> BoxRecord | tuple[str, str]:

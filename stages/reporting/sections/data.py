@@ -10,7 +10,7 @@ from stages.reporting import figures
 from stages.reporting.inputs import ReportInputs, read_class_names, read_json, read_quarantine
 from stages.reporting.markdown import Section, code, esc, figure_lines, rel
 
-LEAK_KINDS = ("exact_pairs", "near_pairs", "groups")
+LEAK_KINDS = ("exact_pairs", "near_pairs", "groups", "name_twins")
 
 
 def render(inputs: ReportInputs) -> Section:
@@ -21,6 +21,9 @@ def render(inputs: ReportInputs) -> Section:
     quarantine = read_quarantine(layout)
     if validation:
         lines.append(validation_line(validation, len(quarantine)))
+    if validation.get("shape_counts"):
+        counts = ", ".join(f"{esc(k)} {v}" for k, v in validation["shape_counts"].items())
+        lines.append(f"- shapes (polygons and masks) per class: {counts}.")
     if len(quarantine):
         lines += quarantine_table(quarantine)
     audit = read_json(layout.split_audit, {})
@@ -100,15 +103,22 @@ def leakage(inputs: ReportInputs, audit: dict[str, Any]) -> list[str]:
     verdict = "**passed, nothing crosses splits**" if clean else "**found leakage (within the tolerance)**"
     lines = [
         f"Leakage audit: {verdict}: {counts.get('exact_pairs', 0)} identical and "
-        f"{counts.get('near_pairs', 0)} near-duplicate image pairs, {counts.get('groups', 0)} groups "
-        f"found in two splits (tolerance {tolerance.get('max_exact_pairs', '?')} / "
-        f"{tolerance.get('max_near_pairs', '?')} / {tolerance.get('max_groups', '?')}; list: "
+        f"{counts.get('near_pairs', 0)} near-duplicate image pairs, {counts.get('groups', 0)} groups, "
+        f"{counts.get('name_twins', 0)} name twins found in two splits (tolerance "
+        f"{tolerance.get('max_exact_pairs', '?')} / {tolerance.get('max_near_pairs', '?')} / "
+        f"{tolerance.get('max_groups', '?')} / {tolerance.get('max_name_twins', '?')}; list: "
         f"{code(rel(inputs.layout.leakage_report, inputs.here))}).",
         "",
     ]
     near, groups = audit.get("near_duplicates"), audit.get("groups")
     if near and groups:
         thresholds = ", ".join(f"{esc(k)} <= {esc(v)}" for k, v in near.get("max_distance", {}).items())
+        embedding = near.get("embedding")
+        if embedding:
+            thresholds += (
+                f"; confirmed by backbone features, cosine >= {esc(embedding.get('min_similarity'))}: "
+                f"{esc(embedding.get('confirmed'))} of {esc(embedding.get('hash_pairs'))} hash pairs"
+            )
         lines.append(
             f"Near-duplicate clusters ({thresholds or 'off'}): {esc(near.get('clusters', 0))} "
             f"({esc(near.get('images_in_clusters', 0))} images); groups (rule {code(groups.get('rule'))}): "
