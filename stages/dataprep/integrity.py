@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from stages.core import codebase
+from stages.core.workers import resolve_workers
 from stages.dataprep.imaging import ImageReadError, allowed_formats, load_rgb, read_header
 
 log = logging.getLogger("stages.validate")
@@ -39,7 +41,7 @@ class DecodeLimits(Protocol):
     def max_pixels(self) -> int: ...
 
     @property
-    def workers(self) -> int: ...
+    def workers(self) -> int | str: ...  # "auto": one process per usable core
 
 
 @dataclass(frozen=True)
@@ -100,64 +102,85 @@ def check_images(
     cache_dir: Path,
     formats: tuple[str, ...] | None = None,
 ) -> list[IntegrityFacts]:
-    """Inspect files in parallel, reusing cached results for content already decoded by this code."""
+    """Inspect files in parallel, reusing cached results for content already decoded by this code.
+
+    Work goes to the pool in chunks, and each chunk reads and writes its own cache entries: at
+    50,000 small images one future and one cache file per image in the parent process was most
+    of the stage's time, so a second worker added nothing (bench/bench_scale.py).
+    """
     formats = formats if formats is not None else allowed_formats()
     cache_dir = code_cache_dir(cache_dir)
-    results: dict[int, IntegrityFacts] = {}
-    todo: list[int] = []
-    for i, sha in enumerate(hashes):
-        cached = _read_cache(cache_dir, sha, params.max_pixels, formats)
-        if cached is None:
-            todo.append(i)
-        else:
-            results[i] = cached
-    if todo:
-        log.info("decoding %d images (%d cached)", len(todo), len(results))
-    progress = tqdm(total=len(todo), desc="validate: decoding", unit="img", leave=False)
-    if params.workers > 1 and len(todo) > 16:
-        _decode_in_pool(files, todo, params, formats, results, progress)
+    jobs = list(zip(files, hashes, strict=True))
+    progress = tqdm(total=len(jobs), desc="validate: decoding", unit="img", leave=False)
+    workers = resolve_workers(params.workers)
+    if workers > 1 and len(jobs) > 16:
+        results = _inspect_in_pool(jobs, workers, params.max_pixels, formats, cache_dir, progress)
     else:
-        for i in todo:
-            results[i] = inspect_image(files[i], params.max_pixels, formats)
-            progress.update()
+        results = []
+        for start in range(0, len(jobs), CHUNK):
+            results += inspect_chunk(jobs[start : start + CHUNK], params.max_pixels, formats, cache_dir)
+            progress.update(min(CHUNK, len(jobs) - start))
     progress.close()
-    for i in todo:
-        _write_cache(cache_dir, hashes[i], params.max_pixels, formats, results[i])
-    return [results[i] for i in range(len(files))]
+    return results
 
 
-def _decode_in_pool(
-    files: list[Path],
-    todo: list[int],
-    params: DecodeLimits,
+CHUNK = 64  # images per pool task: few enough futures, small enough that the progress bar moves
+
+
+def inspect_chunk(
+    jobs: list[tuple[Path, str]], max_pixels: int, formats: tuple[str, ...], cache_dir: Path
+) -> list[IntegrityFacts]:
+    """Each ``(file, sha256)``: its cached facts, else decode it and cache what was found."""
+    found = []
+    for path, sha in jobs:
+        facts = _read_cache(cache_dir, sha, max_pixels, formats)
+        if facts is None:
+            facts = inspect_image(path, max_pixels, formats)
+            _write_cache(cache_dir, sha, max_pixels, formats, facts)
+        found.append(facts)
+    return found
+
+
+def _inspect_in_pool(
+    jobs: list[tuple[Path, str]],
+    workers: int,
+    max_pixels: int,
     formats: tuple[str, ...],
-    results: dict[int, IntegrityFacts],
+    cache_dir: Path,
     progress: tqdm,
-) -> None:
-    """Decode ``todo`` in worker processes; after a worker dies, each remaining file gets its own.
+) -> list[IntegrityFacts]:
+    """Inspect chunks in worker processes; after a worker dies, each unfinished file gets its own.
 
     When a worker is killed (out of memory, a crashing decoder) the pool breaks and every
-    unfinished file fails with it; re-running them one per process finds the file that kills
-    its process, which is quarantined, while every other file is decoded normally.
+    unfinished chunk fails with it; re-running those files one per process finds the file that
+    kills its process, which is quarantined, while every other file is decoded normally.
     """
-    with ProcessPoolExecutor(max_workers=params.workers) as pool:
-        futures: dict[int, Future[IntegrityFacts]] = {
-            i: pool.submit(inspect_image, files[i], params.max_pixels, formats) for i in todo
+    chunk = max(1, min(CHUNK, len(jobs) // (workers * 4)))
+    starts = range(0, len(jobs), chunk)
+    results: dict[int, IntegrityFacts] = {}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures: dict[int, Future[list[IntegrityFacts]]] = {
+            start: pool.submit(inspect_chunk, jobs[start : start + chunk], max_pixels, formats, cache_dir)
+            for start in starts
         }
-        for i, future in futures.items():
+        for start, future in futures.items():
             try:
-                results[i] = future.result()
+                facts = future.result()
             except BrokenProcessPool:
                 continue  # re-run below, one file per process
-            progress.update()
-    remaining = [i for i in todo if i not in results]
+            results.update(enumerate(facts, start))
+            progress.update(len(facts))
+    remaining = [i for i in range(len(jobs)) if i not in results]
     if remaining:
         log.warning(
             "a decoding worker died; decoding the %d unfinished images one per process", len(remaining)
         )
     for i in remaining:
-        results[i] = _decode_alone(files[i], params.max_pixels, formats)
+        path, sha = jobs[i]
+        results[i] = _decode_alone(path, max_pixels, formats)
+        _write_cache(cache_dir, sha, max_pixels, formats, results[i])
         progress.update()
+    return [results[i] for i in range(len(jobs))]
 
 
 def _decode_alone(path: Path, max_pixels: int, formats: tuple[str, ...]) -> IntegrityFacts:
@@ -202,6 +225,9 @@ def _read_cache(
 def _write_cache(
     cache_dir: Path, sha: str, max_pixels: int, formats: tuple[str, ...], facts: IntegrityFacts
 ) -> None:
+    """Written under a per-process name, then renamed: workers (and tuning runs) write side by side."""
     file = _cache_file(cache_dir, sha, max_pixels, formats)
     file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(asdict(facts)), encoding="utf-8")
+    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(facts)), encoding="utf-8")
+    tmp.replace(file)

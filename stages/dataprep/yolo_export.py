@@ -4,19 +4,28 @@
 
     <paths.processed>/yolo/
         data.yaml                      path, train/val/test folders, names in our class order
-        images/<split>/<image_id><ext> copies of the source images (never links: see below)
+        images/<split>/<image_id><ext> hard links to the source images where safe, else copies
         labels/<split>/<image_id>.txt  "class cx cy w h" per box, normalised to the displayed image
 
 Files are named by ``image_id`` (a content hash), so names are unique, ASCII and stable. The export
-is incremental: an image already in place with the right size is not copied again, a label file
+is incremental: an image already in place with the right size is not placed again, a label file
 is rewritten only when its text changes, and files of images no longer in a split are removed.
-Images are copied, not linked: ultralytics rewrites a JPEG it finds truncated in place, and a
-link would carry that write into the user's source. No ultralytics import here.
+
+Hard links save a second copy of the dataset (100 GB of images no longer need another 100 GB),
+but a link shares the file with the user's source, so one is made only when nothing can write to
+it: ``frame`` holds only images validate accepted (they decode cleanly), and ``rewrite_risk``
+mirrors the one check by which ultralytics' dataset scan rewrites an image (a JPEG that does not
+end with the EOI marker ``FF D9``: ``ultralytics.data.utils.check_image``). Any image at risk is
+copied, as is every image when linking fails (another file system, no permission). An existing
+file is always unlinked before it is replaced, never opened for writing, so an earlier export's
+links can never carry a write into the source. No ultralytics import here.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +43,78 @@ log = logging.getLogger("stages.dataprep.yolo_export")
 class ExportResult:
     data_yaml: Path
     images: dict[str, int]  # per split
-    copied: int
+    copied: int  # images placed as copies (at risk of an ultralytics rewrite, or linking failed)
     labels_written: int
     removed: int
+    linked: int = 0  # images placed as hard links to the source
 
     def __str__(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in self.images.items())
         return (
-            f"{counts} images; {self.copied} copied, {self.labels_written} label files written, "
-            f"{self.removed} stale files removed -> {self.data_yaml}"
+            f"{counts} images; {self.linked} hard-linked, {self.copied} copied, {self.labels_written} "
+            f"label files written, {self.removed} stale files removed -> {self.data_yaml}"
         )
+
+
+_JPEG_MAGIC = b"\xff\xd8\xff"  # what Pillow's JPEG (and MPO) plugin accepts as a JPEG
+_JPEG_EOI = b"\xff\xd9"
+
+
+def rewrite_risk(file: Path) -> bool:
+    """Would ultralytics' dataset check rewrite this file? Mirrors ``check_image``: a file Pillow
+    opens as JPEG whose last two bytes are not the EOI marker is re-saved over itself.
+
+    Judged on the bytes, conservatively: any file that starts like a JPEG (whatever its name or
+    extension, MPO included) and does not end with ``FF D9`` is at risk; other formats are only
+    read by ultralytics.
+    """
+    with file.open("rb") as handle:
+        head = handle.read(len(_JPEG_MAGIC))
+        if head != _JPEG_MAGIC:
+            return False
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() < len(_JPEG_MAGIC) + len(_JPEG_EOI):
+            return True
+        handle.seek(-len(_JPEG_EOI), os.SEEK_END)
+        return handle.read(len(_JPEG_EOI)) != _JPEG_EOI
+
+
+def place_image(original: Path, image: Path) -> str:
+    """Put ``original`` at ``image``: ``"linked"``, ``"copied"`` or ``"kept"`` (already in place).
+
+    A link only when ``rewrite_risk`` is false; a copy otherwise or when the link fails. The new
+    file is made under a temporary name and renamed over ``image``, so an existing ``image`` (maybe
+    a link to the source from an earlier export) is replaced, never written into.
+    """
+    risky = rewrite_risk(original)
+    if image.is_file():
+        if os.path.samefile(original, image):
+            if not risky:
+                return "kept"  # already a link, and nothing will write to it
+        elif image.stat().st_size == original.stat().st_size:
+            return "kept"  # a copy from an earlier export (or DVC's checkout of one): safe as it is
+    image.parent.mkdir(parents=True, exist_ok=True)
+    tmp = image.with_name(f".{image.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        how = "copied"
+        if not risky:
+            try:
+                os.link(original, tmp)
+                how = "linked"
+            except OSError as exc:
+                if exc.errno not in _LINK_REFUSED:
+                    log.debug("hard link of %s failed (%s); copying", original, exc)
+        if how == "copied":
+            shutil.copyfile(original, tmp)
+        os.replace(tmp, image)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return how
+
+
+# Errors that only mean "no hard link here": another file system, no permission, not supported.
+_LINK_REFUSED = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def yolo_rows(boxes: pd.DataFrame, width: int, height: int, class_index: dict[str, int]) -> list[str]:
@@ -80,7 +151,8 @@ def export_dataset(
     class_index = {name: i for i, name in enumerate(classes)}
     by_image = {key: group for key, group in boxes.groupby("image_id", sort=False)}
     empty = boxes.iloc[0:0]
-    copied = written = 0
+    placed = {"linked": 0, "copied": 0, "kept": 0}
+    written = 0
     counts: dict[str, int] = {}
     keep: set[Path] = set()
     for split in SPLIT_NAMES:
@@ -92,11 +164,7 @@ def export_dataset(
             image = target / "images" / split / f"{image_id}{ext}"
             label = target / "labels" / split / f"{image_id}.txt"
             keep.update((image, label))
-            original = source / str(path)
-            if not image.is_file() or image.stat().st_size != original.stat().st_size:
-                image.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(original, image)
-                copied += 1
+            placed[place_image(source / str(path), image)] += 1
             lines = yolo_rows(by_image.get(image_id, empty), int(width), int(height), class_index)
             text = "".join(f"{line}\n" for line in lines)
             if not label.is_file() or label.read_text(encoding="utf-8") != text:
@@ -127,4 +195,12 @@ def export_dataset(
     if not data_yaml.is_file() or data_yaml.read_text(encoding="utf-8") != text:
         target.mkdir(parents=True, exist_ok=True)
         data_yaml.write_text(text, encoding="utf-8")
-    return ExportResult(data_yaml, counts, copied, written, removed)
+    if placed["linked"] or placed["copied"]:
+        log.info(
+            "export: %d images hard-linked, %d copied (at risk of an ultralytics rewrite, or linking "
+            "failed), %d already in place",
+            placed["linked"],
+            placed["copied"],
+            placed["kept"],
+        )
+    return ExportResult(data_yaml, counts, placed["copied"], written, removed, placed["linked"])

@@ -46,10 +46,12 @@ def fit_linear_head(
     else:
         optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=cfg.label_smoothing)
-    xt, yt = torch.tensor(x_train, dtype=torch.float32), torch.tensor(y_train)
+    # x_train stays where it is (the feature cache hands back a memory-mapped array): each step
+    # gathers its rows, so memory holds one batch, not the whole training set.
+    yt = torch.tensor(y_train)
     xv = torch.tensor(x_val, dtype=torch.float32) if x_val is not None and len(x_val) else None
     yv = torch.tensor(y_val) if xv is not None else None
-    steps_per_epoch = math.ceil(len(xt) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     total_steps = epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
@@ -57,14 +59,15 @@ def fit_linear_head(
     best_score, best_epoch, best_state, stale = math.inf, 0, None, 0
     for epoch in range(epochs):
         head.train()
-        order = torch.randperm(len(xt), generator=generator)
+        order = torch.randperm(len(x_train), generator=generator)
         total = 0.0
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
             factor = lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps, cfg.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * factor
             batch = order[start : start + cfg.batch_size]
-            loss = loss_fn(head(xt[batch]), yt[batch])
+            rows = torch.from_numpy(np.asarray(x_train[batch.numpy()], dtype=np.float32))
+            loss = loss_fn(head(rows), yt[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

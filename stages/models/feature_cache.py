@@ -5,6 +5,11 @@ the code that computes it (this module's import closure: decoding, augmentation,
 plus the numeric libraries' versions), image content, and for augmented views the policy and
 the view's seed. A rerun with another head learning rate therefore never touches the backbone,
 and an edit to the augmentation code never hands back vectors the old code computed.
+
+Each vector is computed once into its own small file (shared by every split, fold and trial that
+asks for it); ``get`` then hands back one contiguous ``(n, dim)`` array per request list, written
+once to ``sets/<key>.npy`` and opened memory-mapped, so memory does not grow with the dataset and
+a rerun with the same list reads one file instead of one per image.
 """
 
 from __future__ import annotations
@@ -93,16 +98,45 @@ class FeatureCache:
             name = f"{request.sha256}_{self.policy_id}_s{self.seed}_v{request.view}.npy"
         return self.dir / device.type / request.sha256[:2] / name
 
+    def set_path(self, requests: Sequence[FeatureRequest], device: torch.device) -> Path:
+        """The contiguous array of one request list: named by the hash of its vectors' names."""
+        digest = hashlib.sha256()
+        for request in requests:
+            digest.update(self.path(request, device).name.encode() + b"\n")
+        return self.dir / device.type / "sets" / f"{digest.hexdigest()[:24]}.npy"
+
     def get(
         self, requests: Sequence[FeatureRequest], device: torch.device, batch_size: int, desc: str
     ) -> np.ndarray:
-        """Features for every request, in order; computes and stores only what is missing."""
-        missing = [r for r in requests if not self.path(r, device).is_file()]
-        if missing:
-            self._compute(missing, device, batch_size, desc)
+        """Features for every request, in order, as a read-only memory-mapped ``(n, dim)`` array.
+
+        Computes and stores only the vectors that are missing, then gathers them into the request
+        list's set file (once); pages are read from disk as they are used.
+        """
         if not requests:
             return np.zeros((0, 0))
-        return np.stack([np.load(self.path(r, device)) for r in requests])
+        target = self.set_path(requests, device)
+        if not target.is_file():
+            missing = [r for r in requests if not self.path(r, device).is_file()]
+            if missing:
+                self._compute(missing, device, batch_size, desc)
+            self._gather(requests, device, target)
+        return np.load(target, mmap_mode="r")
+
+    def _gather(self, requests: Sequence[FeatureRequest], device: torch.device, target: Path) -> None:
+        """Write the vectors of ``requests`` into one ``.npy`` row by row (never all in memory)."""
+        first = np.load(self.path(requests[0], device))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(len(requests), len(first)))
+        try:
+            for row, request in enumerate(requests):
+                out[row] = np.load(self.path(request, device))
+            out.flush()
+            del out  # close the map before the rename (Windows needs it)
+            tmp.replace(target)  # atomic, like every vector: a killed run leaves no half-written set
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @torch.inference_mode()
     def _compute(

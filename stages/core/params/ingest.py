@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from stages.core.params.base import Section
+from stages.core.params.workers import Workers, workers_field
 
 DEFAULT_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -30,3 +31,4 @@ class IngestSection(Section):
         description="Which image the annotation coordinates refer to when the file has an EXIF rotation: "
         "the stored pixels, the displayed (rotated) image, or auto (see docs/architecture.md).",
     )
+    workers: Workers = workers_field("hashing files and reading their headers")

@@ -7,6 +7,7 @@ from typing import Any, Literal, get_args
 from pydantic import Field, model_validator
 
 from stages.core.params.base import Section
+from stages.core.params.workers import Workers, workers_field
 
 CheckName = Literal[
     "image_ids_unique",
@@ -37,7 +38,7 @@ class ValidateSection(Section):
     min_images_per_class: int = Field(
         default=5, ge=1, description="Fewer images than this in a class is a warning."
     )
-    workers: int = Field(default=2, ge=1, description="Processes decoding images in parallel.")
+    workers: Workers = workers_field("decoding images in parallel")
     max_class_ratio: float = Field(
         default=10.0, ge=1, description="class_balance check: largest / smallest class (classes with images)."
     )
