@@ -16,7 +16,16 @@ from stages.core.errors import DataError
 from stages.core.layout import Layout
 from stages.core.params import Params
 from stages.dataprep.groups import assign_groups
-from stages.dataprep.leakage import audit_leakage, audit_splits, describe_plan, leakage_failure, split_metrics
+from stages.dataprep.leakage import (
+    audit_leakage,
+    audit_splits,
+    cluster_summary,
+    degenerate_sentence,
+    describe_plan,
+    leakage_failure,
+    split_metrics,
+)
+from stages.dataprep.pair_features import backbone_embedder, confirm_pairs
 from stages.dataprep.splitting import (
     apply_exclude,
     assign_splits,
@@ -48,7 +57,8 @@ class SplitResult:
             f"{sizes}; {near.get('clusters', 0)} near-duplicate clusters and "
             f"{self.audit.get('groups', {}).get('groups', 0)} groups kept whole; "
             f"{leaks.get('exact_pairs', 0)} identical and {leaks.get('near_pairs', 0)} near-duplicate "
-            f"pairs and {leaks.get('groups', 0)} groups across splits"
+            f"pairs, {leaks.get('groups', 0)} groups and {leaks.get('name_twins', 0)} name twins "
+            "across splits"
         )
 
 
@@ -70,11 +80,27 @@ def run(params: Params) -> SplitResult:
         boxes = boxes[boxes["image_id"].isin(manifest["image_id"])].reset_index(drop=True)
     strata = stratum_labels(manifest, boxes)
     pairs = find_near_duplicates(manifest, params.data.source, cfg.near_duplicates, layout.hash_cache)
+    confirmation = None
+    if cfg.near_duplicates.enabled and cfg.near_duplicates.confirm == "embedding":
+        hash_clusters = cluster_summary(manifest["image_id"].astype("string").to_numpy(), pairs)  # before
+        pairs, confirmation = confirm_pairs(
+            pairs, manifest, backbone_embedder(params), cfg.near_duplicates.embedding_min_similarity
+        )
+        confirmation["largest_hash_cluster"] = hash_clusters["largest_cluster"]
 
-    plan = assign_splits(manifest, cfg, params.base.seed, pairs=pairs, strata=strata)
+    ids = manifest["image_id"].astype("string").to_numpy()
+    degenerate = (
+        degenerate_sentence(cluster_summary(ids, pairs), cfg) if cfg.near_duplicates.enabled else None
+    )
+    try:
+        plan = assign_splits(manifest, cfg, params.base.seed, pairs=pairs, strata=strata)
+    except DataError as exc:
+        if degenerate is None:
+            raise
+        raise DataError(f"{str(exc).rstrip('.')}: {degenerate}") from None
     leakage = audit_leakage(manifest, plan.splits, pairs, cfg)
     audit = audit_splits(manifest, plan.splits, class_membership(manifest, boxes))
-    audit |= describe_plan(plan, pairs, grouping, cfg, leakage, layout)
+    audit |= describe_plan(plan, pairs, grouping, cfg, leakage, layout, confirmation)
     audit["excluded"] = exclusion.audit()
     if exclusion.unmatched:
         audit["warnings"].append(
@@ -99,7 +125,9 @@ def run(params: Params) -> SplitResult:
         layout.leakage_report,
         layout.leakage_sheet,
     )
-    failure = leakage_failure(leakage["counts"], cfg, layout)
+    failure = leakage_failure(
+        leakage["counts"], cfg, layout, degenerate_sentence(audit["near_duplicates"], cfg)
+    )
     if failure:
         raise DataError(failure)
     return SplitResult(plan.splits, audit, leakage)

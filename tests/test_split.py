@@ -191,7 +191,7 @@ def test_audit_lists_identical_images_and_groups_across_splits() -> None:
     manifest["group"] = pd.array(["g", "h", "g", None], dtype="string")
     splits = pd.DataFrame({"image_id": manifest["image_id"], "split": ["train", "test", "val", "train"]})
     leakage = audit_leakage(manifest, splits, None, SplitSection())
-    assert leakage["counts"] == {"exact_pairs": 1, "near_pairs": 0, "groups": 1}
+    assert leakage["counts"] == {"exact_pairs": 1, "near_pairs": 0, "groups": 1, "name_twins": 0}
     pair = leakage["pairs"][0]
     assert {pair["a"], pair["b"]} == {"a/0.png", "a/1.png"} and pair["kind"] == "exact"
     assert leakage["groups"] == [{"group": "g", "splits": {"train": 1, "val": 1}}]
@@ -273,7 +273,7 @@ def test_stage_keeps_copies_and_groups_together_and_writes_the_reports(planted) 
     assert audit["near_duplicates"]["clusters"] >= 4 and audit["groups"]["groups"] == 13
     assert audit["units"]["count"] < audit["groups"]["groups"]  # copies joined some objects
     metrics = json.loads(layout.split_metrics.read_text())
-    assert metrics["leaks"] == {"exact_pairs": 0, "near_pairs": 0, "groups": 0}
+    assert metrics["leaks"] == {"exact_pairs": 0, "near_pairs": 0, "groups": 0, "name_twins": 0}
     assert sum(metrics["images"].values()) == len(side)
     assert json.loads(layout.leakage_report.read_text())["pairs"] == []
     assert Image.open(layout.leakage_sheet).size[0] > 100
@@ -351,7 +351,12 @@ def test_a_clean_predefined_split_passes_and_a_file_can_predefine_it(tmp_path: P
     params = fast_params(tmp_path, source)
     ingest.run(params)
     validate.run(params)
-    assert split.run(params).leakage["counts"] == {"exact_pairs": 0, "near_pairs": 0, "groups": 0}
+    assert split.run(params).leakage["counts"] == {
+        "exact_pairs": 0,
+        "near_pairs": 0,
+        "groups": 0,
+        "name_twins": 0,
+    }
 
     files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*.png"))
     mapping = pd.DataFrame(

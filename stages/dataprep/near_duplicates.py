@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from stages.core import codebase
 from stages.core.errors import DataError
+from stages.core.workers import resolve_workers
 from stages.dataprep.imaging import allowed_formats, to_rgb
 
 _Kind = TypeVar("_Kind", bound=str)  # a hash kind: params give a Literal, tests a plain str
@@ -72,8 +74,13 @@ def hash_image(path: Path, kinds: Sequence[str]) -> dict[str, str]:
     return {kind: str(getattr(imagehash, HASH_FUNCTIONS[kind])(rgb)) for kind in kinds}
 
 
-def _hash_job(args: tuple[Path, tuple[str, ...]]) -> dict[str, str]:
-    return hash_image(*args)
+def _cached_hash_job(args: tuple[Path, str, tuple[str, ...], Path]) -> tuple[dict[str, Any], bool]:
+    """One image's cache entry with every kind in it, and whether anything had to be computed."""
+    path, sha, kinds, cache_dir = args
+    entry = _read_cache(cache_dir, sha)
+    if entry is not None and all(k in entry for k in kinds):
+        return entry, False
+    return _merge_cache(cache_dir, sha, hash_image(path, kinds)), True
 
 
 def compute_hashes(
@@ -81,7 +88,7 @@ def compute_hashes(
     sha256s: Sequence[str],
     kinds: Sequence[str],
     cache_dir: Path,
-    workers: int = 1,
+    workers: int | str = 1,
 ) -> dict[str, np.ndarray]:
     """Hashes of every file as ``uint64`` arrays (one per kind, in file order), cached by sha256.
 
@@ -90,35 +97,34 @@ def compute_hashes(
         sha256s: their content hashes (the cache key), same order.
         kinds: hash names from ``HASH_FUNCTIONS``.
         cache_dir: where ``<code>/<sha[:2]>/<sha>.json`` entries live.
-        workers: processes decoding images in parallel (1: in this process).
+        workers: processes decoding images in parallel (1: in this process; "auto": one per core).
 
     Returns:
         ``{kind: np.ndarray[uint64]}``, one value per file.
     """
     kinds = tuple(kinds)
     cache_dir = code_cache_dir(cache_dir)
+    # Each job reads and writes its own cache entry, in chunks: with one cache file per image read
+    # and written in this process, a second worker added nothing at 50,000 images.
+    jobs = [(Path(f), sha, kinds, cache_dir) for f, sha in zip(files, sha256s, strict=True)]
+    progress = tqdm(total=len(jobs), desc="split: perceptual hashes", unit="img", leave=False)
+    workers = resolve_workers(workers)
     cached: dict[int, dict[str, Any]] = {}
-    todo: list[int] = []
-    for i, sha in enumerate(sha256s):
-        entry = _read_cache(cache_dir, sha)
-        if entry is not None and all(k in entry for k in kinds):
-            cached[i] = entry
-        else:
-            todo.append(i)
-    if todo:
-        log.info("hashing %d images (%d cached)", len(todo), len(cached))
-    jobs = [(Path(files[i]), kinds) for i in todo]
-    progress = tqdm(total=len(todo), desc="split: perceptual hashes", unit="img", leave=False)
-    if workers > 1 and len(todo) > 32:
+    computed = 0
+    if workers > 1 and len(jobs) > 32:
+        chunk = max(1, min(64, len(jobs) // (workers * 4)))
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, result in zip(todo, pool.map(_hash_job, jobs, chunksize=16), strict=True):
-                cached[i] = _merge_cache(cache_dir, sha256s[i], result)
+            for i, (entry, fresh) in enumerate(pool.map(_cached_hash_job, jobs, chunksize=chunk)):
+                cached[i], computed = entry, computed + fresh
                 progress.update()
     else:
-        for i, job in zip(todo, jobs, strict=True):
-            cached[i] = _merge_cache(cache_dir, sha256s[i], _hash_job(job))
+        for i, job in enumerate(jobs):
+            cached[i], fresh = _cached_hash_job(job)
+            computed += fresh
             progress.update()
     progress.close()
+    if computed:
+        log.info("hashed %d images (%d cached)", computed, len(jobs) - computed)
     return {
         kind: np.array([int(cached[i][kind], 16) for i in range(len(files))], dtype=np.uint64)
         for kind in kinds
@@ -153,7 +159,7 @@ def _merge_cache(cache_dir: Path, sha: str, hashes: dict[str, str]) -> dict[str,
     entry = (_read_cache(cache_dir, sha) or {"version": CACHE_VERSION}) | hashes
     file = _cache_file(cache_dir, sha)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp")
+    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")  # workers and tuning runs write side by side
     tmp.write_text(json.dumps(entry, sort_keys=True), encoding="utf-8")
     tmp.replace(file)  # atomic: a killed run never leaves half an entry
     return entry
@@ -361,3 +367,20 @@ def edges_from_keys(keys: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     i, j = rows[present], rows[present][first][codes[present]]
     keep = i != j
     return i[keep], j[keep]
+
+
+# --- confirmation by features ----------------------------------------------------------------
+
+
+def pair_similarity(features: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Cosine similarity of feature rows ``i[k]`` and ``j[k]`` (a zero vector is similar to nothing).
+
+    Examples:
+        >>> features = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+        >>> pair_similarity(features, np.array([0, 0]), np.array([1, 2])).tolist()
+        [1.0, 0.0]
+    """
+    vectors = np.asarray(features, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return np.einsum("kd,kd->k", unit[np.asarray(i, dtype=np.int64)], unit[np.asarray(j, dtype=np.int64)])

@@ -57,6 +57,7 @@ class SplitPlan:
     units: pd.Series  # image_id -> split unit (images that must stay together share one)
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    predefined: bool = False  # the source's split was honoured (its sizes are the source's, not fractions)
 
 
 # --- inputs to the split ---------------------------------------------------------------------
@@ -298,7 +299,7 @@ def assign_splits(
                 f"{fr.val / (fr.train + fr.val):.0%} of it, keeping near-duplicates and groups together."
             )
     splits = pd.DataFrame({"image_id": ids, "split": pd.array(assigned, dtype="string")})
-    return SplitPlan(splits, units, tuple(notes), tuple(found_warnings))
+    return SplitPlan(splits, units, tuple(notes), tuple(found_warnings), predefined=bool(given.any()))
 
 
 def _normalise_splits(column: pd.Series) -> pd.Series:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from stages.core.params.base import Section
+from stages.core.params.workers import Workers, workers_field
 
 
 class SplitFractions(Section):
@@ -36,7 +37,20 @@ class NearDuplicateSection(Section):
         description="Largest Hamming distance (of 64 bits) per perceptual hash; two images are "
         "near-duplicates when they are within it on every listed hash.",
     )
-    workers: int = Field(default=2, ge=1, description="Processes computing perceptual hashes.")
+    workers: Workers = workers_field("computing perceptual hashes")
+    confirm: Literal["none", "embedding"] = Field(
+        default="none",
+        description="embedding: keep a hash pair only when the backbone's features (train.backbone, "
+        "its weights and image size; cached and shared with train) are also near, so a re-encoded or "
+        "resized copy stays a pair but a fixed-camera shot with a piece moved does not. none: hashes only.",
+    )
+    embedding_min_similarity: float = Field(
+        default=0.98,
+        gt=0,
+        le=1,
+        description="confirm embedding: the smallest cosine similarity of two images' features that "
+        "confirms a hash pair.",
+    )
 
     @model_validator(mode="after")
     def _needs_a_hash(self) -> NearDuplicateSection:
@@ -83,6 +97,12 @@ class LeakageSection(Section):
     max_exact_pairs: int = Field(default=0, ge=0, description="Identical images in two splits tolerated.")
     max_near_pairs: int = Field(default=0, ge=0, description="Near-duplicate pairs across splits tolerated.")
     max_groups: int = Field(default=0, ge=0, description="Groups found in more than one split tolerated.")
+    max_name_twins: int = Field(
+        default=0,
+        ge=0,
+        description="Name twins across splits tolerated: files whose names differ only by a vendor "
+        "tail (Roboflow's _jpg.rf.<hash>) or a numbered suffix (_scaled_1, _tile_2).",
+    )
     sheet_pairs: int = Field(
         default=16, ge=1, le=200, description="Worst cross-split pairs drawn in the sheet."
     )
