@@ -2,8 +2,8 @@
 
 How the folds, heads and ranking work: ``stages/engine/label_issues.py``. It never edits the
 data: ``reports/label_issues.csv`` is a list to review, and a suspect is left out by adding its
-path to the ``split.exclude`` file. Detection is not scored yet: the stage writes an empty list
-and says so.
+path to the ``split.exclude`` file. Detection boxes are scored after training, by the
+``box_issues`` stage (``stages/box_issues.py``); here detect writes an empty list and says so.
 """
 
 from __future__ import annotations
@@ -83,7 +83,10 @@ def _skip_reason(params: Params) -> str:
     if not params.label_issues.enabled:
         return "label_issues.enabled is false: no labels were scored."
     if params.data.task == "detect":
-        return "label-issue detection covers classification only; detection boxes are not scored yet."
+        return (
+            "images are scored for classification only; detection boxes are scored by the box_issues "
+            "stage (reports/box_issues.csv)."
+        )
     return ""
 
 

@@ -311,9 +311,26 @@ class Tile:
     boxes: list[dict] = field(default_factory=list)  # {x_min.., colour, dashed, label}
 
 
+MISTAKES_LEGEND = (
+    ("truth, found", GOOD, False),
+    ("truth, missed", MISSED, True),
+    ("prediction, correct", NEUTRAL, False),
+    ("prediction, false", BAD, False),
+)
+
+
 @styled
-def image_grid(tiles: list[Tile], out: Path, columns: int = 4, thumb: float = 2.6) -> Path | None:
-    """Thumbnails with coloured captions (and boxes); unreadable images become a grey tile."""
+def image_grid(
+    tiles: list[Tile],
+    out: Path,
+    columns: int = 4,
+    thumb: float = 2.6,
+    legend: tuple[tuple[str, str, bool], ...] = MISTAKES_LEGEND,
+) -> Path | None:
+    """Thumbnails with coloured captions (and boxes); unreadable images become a grey tile.
+
+    ``legend``: (label, colour, dashed) per kind of box drawn; shown when any tile has boxes.
+    """
     if not tiles:
         return None
     columns = min(columns, len(tiles))
@@ -353,12 +370,10 @@ def image_grid(tiles: list[Tile], out: Path, columns: int = 4, thumb: float = 2.
                 )
         axis.set_title("\n".join(tile.caption), fontsize=8, color=tile.colour, loc="left")
     if any(t.boxes for t in tiles):
-        legend = [
-            Patch(edgecolor=GOOD, fill=False, label="truth, found"),
-            Patch(edgecolor=MISSED, fill=False, linestyle="--", label="truth, missed"),
-            Patch(edgecolor=NEUTRAL, fill=False, label="prediction, correct"),
-            Patch(edgecolor=BAD, fill=False, label="prediction, false"),
+        handles = [
+            Patch(edgecolor=colour, fill=False, linestyle="--" if dashed else "-", label=label)
+            for label, colour, dashed in legend
         ]
-        fig.legend(handles=legend, loc="lower center", ncols=4, fontsize=8, frameon=False)
+        fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04 if any(t.boxes for t in tiles) else 0, 1, 1))
     return _save(fig, out)

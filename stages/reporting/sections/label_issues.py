@@ -1,5 +1,6 @@
 """Label issues: the images whose label looks wrong (``stages.label_issues``), the estimated noise
-rate per class pair, and how many images ``split.exclude`` left out."""
+rate per class pair, the val boxes that look wrong (detect: ``stages.box_issues``, drawn on their
+images), and how many images ``split.exclude`` left out."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from stages.reporting import figures
 from stages.reporting.inputs import ReportInputs, read_json
 from stages.reporting.markdown import Section, code, esc, figure_lines, short
 
+ISSUE_NAMES = {  # stages.engine.box_issues' issue types, as the report names them
+    "swap": "swapped class",
+    "badloc": "badly placed",
+    "missing": "missing box",
+    "spurious": "spurious box",
+}
+
 NOISE_PAIRS = 10  # class pairs listed in the noise-rate table
 TABLE_ROWS = 20  # suspects listed in the table (the CSV has them all)
 
@@ -18,14 +26,15 @@ def render(inputs: ReportInputs) -> Section | None:
     layout = inputs.layout
     summary = read_json(layout.label_issues_summary, {})
     excluded = read_json(layout.split_audit, {}).get("excluded", {})
-    if not summary and not excluded:
+    boxes = box_lines(inputs)
+    if not summary and not excluded and not boxes:
         return None
     section = Section("Label issues")
     section.lines += exclusion_lines(excluded)
-    if summary.get("note"):
+    if summary.get("note") and not boxes:
         return _with(section, [esc(summary["note"]), ""])
-    if not summary:
-        return section
+    if not summary or summary.get("note"):
+        return _with(section, boxes)
     rows = read_suspects(layout.label_issues)
     conflicts = sum(1 for r in rows if r["reason"] == "near-duplicate conflict")
     found = (
@@ -69,6 +78,75 @@ def render(inputs: ReportInputs) -> Section | None:
         section.lines.append("")
     section.lines += noise_lines(summary.get("noise_rates", []))
     return section
+
+
+def box_lines(inputs: ReportInputs) -> list[str]:
+    """Detect: the suspect val boxes (``reports/box_issues.csv``), the top ones drawn on their images
+    (given box dashed, the prediction that decided it solid). Nothing for classification."""
+    layout = inputs.layout
+    summary = read_json(layout.box_issues_summary, {})
+    if summary.get("task") != "detect":
+        return []
+    rows = read_suspects(layout.box_issues)
+    per_issue = summary.get("per_issue", {})
+    counts = ", ".join(f"{per_issue.get(k, 0)} {name}" for k, name in ISSUE_NAMES.items())
+    lines = [
+        f"Boxes: {len(rows)} suspects among the {summary.get('boxes', 0)} given boxes of "
+        f"{summary.get('images', 0)} val split images ({counts}), scored by cleanlab's ObjectLab against "
+        "the trained detector's predictions, which never trained on val (lowest box quality first; the "
+        f"list is {code(layout.box_issues.name)}).",
+        "",
+    ]
+    if summary.get("note"):
+        lines += [esc(summary["note"]), ""]
+    if not rows:
+        return lines
+    source = Path(inputs.params.data.source)
+    tiles = [box_tile(source, r) for r in rows[: inputs.params.label_issues.grid]]
+    legend = (("given box", figures.MISSED, True), ("prediction that decided it", figures.NEUTRAL, False))
+    drawn = figures.image_grid(tiles, inputs.fig_path("box_issues.png"), legend=legend)
+    lines += figure_lines([(drawn, "top suspect boxes")], inputs.here)
+    lines += [
+        "Drawn: the given box dashed, the prediction that decided the issue solid.",
+        "",
+        "| rank | image | issue | given | predicted | quality |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['rank']} | {code(r['path'], table=True)} | {ISSUE_NAMES.get(r['issue'], esc(r['issue']))} "
+        f"| {esc(r['given']) or '-'} | {esc(r['suggested']) or '-'} | {float(r['quality']):.3f} |"
+        for r in rows[:TABLE_ROWS]
+    ]
+    return [*lines, ""]
+
+
+def box_tile(source: Path, row: dict[str, str]) -> figures.Tile:
+    """One suspect box: the given box (dashed) and the deciding prediction, each where it exists."""
+    boxes = []
+    given = _coords(row, "")
+    if given:
+        boxes.append(given | {"colour": figures.MISSED, "dashed": True, "label": f"given: {row['given']}"})
+    predicted = _coords(row, "pred_")
+    if predicted:
+        label = f"{row['suggested'] or row['given']} {float(row['pred_score']):.2f}"
+        boxes.append(predicted | {"colour": figures.NEUTRAL, "label": f"predicted: {label}"})
+    return figures.Tile(
+        source / row["path"],
+        [
+            f"#{row['rank']} {ISSUE_NAMES.get(row['issue'], row['issue'])}",
+            f"given: {row['given'] or '-'} · predicted: {row['suggested'] or row['given'] or '-'}",
+            f"quality {float(row['quality']):.2f} · {short(Path(row['path']).name, 24)}",
+        ],
+        colour=figures.BAD,
+        boxes=boxes,
+    )
+
+
+def _coords(row: dict[str, str], prefix: str) -> dict[str, float]:
+    keys = [f"{prefix}{k}" for k in ("x_min", "y_min", "x_max", "y_max")]
+    if any(row.get(k, "") in ("", "nan") for k in keys):
+        return {}
+    return {k.removeprefix(prefix): float(row[k]) for k in keys}
 
 
 def exclusion_lines(excluded: dict) -> list[str]:
