@@ -122,6 +122,51 @@ def test_params_map_onto_ultralytics_arguments(tmp_path: Path) -> None:
     assert (args["mosaic"], args["hsv_h"], args["fliplr"]) == (0.0, 0.0, 0.0)
 
 
+def test_several_gpus_become_ultralytics_device_list_and_cpu_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from stages.engine.yolo import trainer
+
+    two = {"distributed": {"nproc": 2}}
+    on_cpu = detect_params(tmp_path, tmp_path / "src", train={"device": "cpu", **two})
+    with pytest.raises(UserError, match=r"nproc is 2 but the detector trains on the CPU"):
+        trainer.training_devices(on_cpu.train)
+    monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(trainer.torch.cuda, "device_count", lambda: 4)
+    auto = detect_params(tmp_path, tmp_path / "src", train={"device": "auto", **two})
+    assert trainer.training_devices(auto.train) == "0,1"
+    from_one = detect_params(tmp_path, tmp_path / "src", train={"device": "cuda:1", **two})
+    assert trainer.training_devices(from_one.train) == "1,2"
+    too_many = detect_params(tmp_path, tmp_path / "src", train={"device": "cuda:3", **two})
+    with pytest.raises(UserError, match="4 CUDA GPUs are visible"):
+        trainer.training_devices(too_many.train)
+    single = detect_params(tmp_path, tmp_path / "src", train={"device": "cuda:1"})
+    assert trainer.training_devices(single.train) == "1"
+
+
+def test_multi_gpu_epochs_are_replayed_from_results_csv_with_the_live_hooks_names(tmp_path: Path) -> None:
+    """ultralytics drops callbacks in its DDP child: the values come from results.csv, named alike."""
+    from stages.engine.yolo.trainer import epoch_metrics, replay_epochs
+
+    live = {
+        "metrics/precision(B)": 0.5,
+        "metrics/mAP50(B)": 0.4,
+        "metrics/mAP50-95(B)": 0.2,
+        "val/box_loss": 1.5,
+    }
+    rows = [
+        {"epoch": e, "train/box_loss": 2.0, **{k: v / e for k, v in live.items()}, "lr/pg0": 0.01}
+        for e in (1, 2)
+    ]
+    frame = pd.DataFrame(rows)
+    frame.columns = [f"  {c}" for c in frame.columns]  # ultralytics pads its CSV header
+    frame.to_csv(tmp_path / "results.csv", index=False)
+    seen: list[tuple[int, dict]] = []
+    assert replay_epochs(tmp_path / "results.csv", lambda epoch, metrics: seen.append((epoch, metrics))) == 2
+    assert [epoch for epoch, _ in seen] == [1, 2]
+    assert seen[0][1] == epoch_metrics(live)  # the names a tuner sees on one GPU
+    assert seen[1][1]["map50_95"] == pytest.approx(0.1)
+    assert replay_epochs(tmp_path / "missing.csv", lambda *_: None) == 0
+
+
 def test_weights_resolve_offline_and_bare_names_are_refused(tmp_path: Path) -> None:
     from stages.engine.yolo.trainer import offline_checkpoint, resolve_weights
 

@@ -8,6 +8,7 @@ it and whether or not the run was resumed.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import albumentations as A
@@ -59,24 +60,47 @@ class ImageDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Seeded order per epoch (a shuffle, or class-balanced draws with replacement)."""
+    """Seeded order per epoch (a shuffle, or class-balanced draws with replacement).
 
-    def __init__(self, size: int, seed: int, weights: torch.Tensor | None = None) -> None:
+    With ``world > 1`` every rank draws the same order and keeps its shard (``shard``): every
+    ``world``-th position from ``rank``, padded with the first positions to equal counts.
+    """
+
+    def __init__(
+        self, size: int, seed: int, weights: torch.Tensor | None = None, rank: int = 0, world: int = 1
+    ) -> None:
         self.size = size
         self.seed = seed
         self.weights = weights
+        self.rank = rank
+        self.world = world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return math.ceil(self.size / self.world)
 
-    def __iter__(self):
+    def order(self) -> list[int]:
+        """The whole epoch's order, the same on every rank."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.weights is None:
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
-        return iter([(int(i), self.epoch) for i in order])
+        return order.tolist()
+
+    def __iter__(self):
+        return iter([(i, self.epoch) for i in shard(self.order(), self.rank, self.world)])
+
+
+def shard(order: list[int], rank: int, world: int) -> list[int]:
+    """This rank's part of ``order`` (``DistributedSampler``'s rule): pad to a multiple of ``world``
+    with the first items, then every ``world``-th item from ``rank``. Ranks get disjoint positions of
+    equal count, and step k's per-rank batches together are the one-process batch k."""
+    if world == 1:
+        return order
+    total = math.ceil(len(order) / world) * world
+    padded = order + order[: total - len(order)]
+    return padded[rank:total:world]

@@ -7,10 +7,15 @@
   augmentation policy applied on the fly to training images only (``stages/engine/loop.py``).
 - ``lp_ft``: a linear probe from the cache, then full fine-tuning from that head.
 ``data.task: detect`` goes to the YOLO detector trainer (``stages/engine/yolo/trainer.py``).
+
+As one rank of several (``train.distributed``): rank 0 fills the feature cache and fits the probe
+while the others wait (DDP then hands its head to them), and only rank 0 writes anything.
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from stages.core.layout import Layout
 from stages.core.params import Params, TrainSection
 from stages.dataprep.augmentation import load_policy
 from stages.dataprep.torch_datasets import ImageDataset
+from stages.engine import distributed
 from stages.engine.callbacks import EpochCallback
 from stages.engine.device import resolve_device, seed_everything
 from stages.engine.history import log_history
@@ -38,6 +44,8 @@ from stages.models.feature_cache import FeatureCache, FeatureRequest
 from stages.models.fingerprints import classifier_code_digest, run_fingerprint
 
 FEATURE_STRATEGIES = {"linear_probe", "lp_ft"}
+
+log = logging.getLogger("stages.train")
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,16 @@ class TrainResult:
 
 def train_classifier(params: Params, on_epoch: EpochCallback | None = None) -> TrainResult:
     """Train on the train split, select on val, and save ``models/classifier.pt``."""
+    result = train_rank(params, on_epoch)
+    if result is None:
+        raise RuntimeError("train_classifier ran as a rank other than 0; use train_rank")
+    return result
+
+
+def train_rank(params: Params, on_epoch: EpochCallback | None = None) -> TrainResult | None:
+    """``train_classifier`` as one rank of a process group (or alone); None on ranks other than 0,
+    which train their shard but write nothing."""
+    main = distributed.is_main()
     cfg, seed = params.train, params.base.seed
     seed_everything(seed)
     if cfg.threads:
@@ -73,7 +91,7 @@ def train_classifier(params: Params, on_epoch: EpochCallback | None = None) -> T
     val_rows = frame[frame["split"] == "val"].sort_values("image_id")
     if train_rows.empty:
         raise UserError("the train split is empty; check split.fractions and the split audit.")
-    device = resolve_device(cfg.device)
+    device = distributed.rank_device(resolve_device(cfg.device))
     backbone = create_classifier(cfg.backbone, cfg.weights, len(classes), cfg.image_size)
     policy = load_policy(layout.augment_policy)
     y_train = _targets(train_rows, classes)
@@ -82,7 +100,9 @@ def train_classifier(params: Params, on_epoch: EpochCallback | None = None) -> T
     history: list[EpochRecord] = []
     features_computed = 0
     best_epoch = 0  # set by the probe, the fine-tuning, or both (every strategy runs at least one)
-    if cfg.strategy in FEATURE_STRATEGIES:
+    if cfg.strategy in FEATURE_STRATEGIES and main:
+        if distributed.world_size() > 1:
+            log.info("lp_ft: rank 0 fills the feature cache and fits the probe; the other ranks wait")
         cache = FeatureCache(
             layout.feature_cache, backbone, cfg.backbone, policy if cfg.aug_views else None, seed
         )
@@ -97,6 +117,7 @@ def train_classifier(params: Params, on_epoch: EpochCallback | None = None) -> T
             head.bias.copy_(probe.best_state["bias"])
         history += probe.history
         best_epoch = probe.best_epoch
+    distributed.barrier()  # the other ranks wait for the probe (DDP copies rank 0's head to them)
     if cfg.strategy != "linear_probe":
         root = params.data.source
         train_set = ImageDataset(train_rows, root, classes, backbone.preprocessing, policy, seed)
@@ -110,7 +131,10 @@ def train_classifier(params: Params, on_epoch: EpochCallback | None = None) -> T
         offset = len(history)  # lp_ft: fine-tuning epochs continue the probe's numbering
         # One writer per fingerprint: a second process (an Optuna worker, tune next to `dvc repro`)
         # waits, then resumes or reuses the finished state instead of interleaving its epochs.
-        with locks.held(state_file.parent / "run.lock", None, f"training run {state_file.parent.name}"):
+        # Under DDP rank 0 holds it for the whole group (the others would wait for it forever).
+        run_lock = state_file.parent / "run.lock"
+        hold = locks.held(run_lock, None, f"training run {state_file.parent.name}") if main else nullcontext()
+        with hold:
             fit = fine_tune(
                 backbone.model,
                 train_set,
@@ -127,6 +151,8 @@ def train_classifier(params: Params, on_epoch: EpochCallback | None = None) -> T
         backbone.model.load_state_dict(fit.best_state)
         history += [EpochRecord(**{**asdict(r), "epoch": r.epoch + offset}) for r in fit.history]
         best_epoch = fit.best_epoch + offset
+    if not main:
+        return None
 
     backbone.model.cpu()
     log_history(history, layout.train_log_dir, _run_summary(backbone.model, cfg))

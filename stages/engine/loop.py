@@ -3,6 +3,11 @@
 Checkpoints after every epoch (atomically), so a killed run resumes where it stopped and
 a finished run is not redone. Everything random is derived from (seed, epoch), which makes
 a resumed run bit-identical to an uninterrupted one on CPU.
+
+Under torchrun (``train.distributed``, ``stages/engine/distributed.py``) every rank runs this loop
+on its shard with ``batch_size / nproc`` images per step and the model under DDP; validation is
+sharded and summed over ranks, so every rank takes the same early-stopping decision; only rank 0
+writes the checkpoint. A killed rank stops the group; all ranks resume from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from stages.core.params import TrainSection
 from stages.dataprep.torch_datasets import EpochSampler, ImageDataset
+from stages.engine import distributed
 from stages.engine.callbacks import EpochCallback
 from stages.engine.schedule import lr_factor, set_lrs
 from stages.engine.strategies import (
@@ -97,19 +103,22 @@ def fine_tune(
         weight=class_weight.to(device) if class_weight is not None else None,
         label_smoothing=cfg.label_smoothing,
     )
-    sampler = EpochSampler(len(train_set), seed, sample_weights)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    batch_size = cfg.batch_size // world  # the params refuse a batch_size nproc does not divide
+    sampler = EpochSampler(len(train_set), seed, sample_weights, rank, world)
     loader_options = {
         "num_workers": cfg.num_workers,
         "pin_memory": on_cuda,
         "persistent_workers": cfg.num_workers > 0,
     }
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, **loader_options)
+    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, **loader_options)
     val_loader = (
-        DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, **loader_options)
+        DataLoader(_val_shard(val_set, rank, world), batch_size=batch_size, shuffle=False, **loader_options)
         if val_set is not None and len(val_set)
         else None
     )
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    steps_per_epoch = len(train_loader)  # ceil(ceil(n / world) / (B / world)) = ceil(n / B)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     num_blocks = body_block_count(model)
@@ -118,7 +127,7 @@ def fine_tune(
     history: list[EpochRecord] = []
     best_state: dict[str, torch.Tensor] = _cpu_state(model)
     best_epoch, best_score, stale, start_epoch = 0, math.inf, 0, 0
-    saved = load_state(state_file, model, optimizer)
+    saved = _load_state_in_turn(state_file, model, optimizer)
     if saved is not None:
         history = [EpochRecord(**r) for r in saved["history"]]
         best_state, best_epoch, best_score = saved["best_state"], saved["best_epoch"], saved["best_score"]
@@ -131,14 +140,24 @@ def fine_tune(
         log.info("%s: resuming from epoch %d (%s)", phase, start_epoch + 1, state_file)
 
     finished = start_epoch >= cfg.epochs
+    net, wrapped_for = model, None
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        torch.manual_seed(seed * 1000 + epoch)  # dropout / drop-path: same per epoch on resume
+        # dropout / drop-path: same per epoch on resume; each rank draws its own masks
+        torch.manual_seed(seed * 1000 + epoch + 1_000_003 * rank)
         frozen = apply_freeze(model, trainable_blocks(cfg, epoch, num_blocks))
+        if frozen != wrapped_for:  # DDP covers the parameters that train when it is built
+            net, wrapped_for = distributed.wrap(model, device), frozen
         set_train_mode(model, frozen)
         sampler.set_epoch(epoch)
         total_loss, seen = 0.0, 0
-        bar = tqdm(train_loader, desc=f"{phase} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        bar = tqdm(
+            train_loader,
+            desc=f"{phase} epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            disable=not main,
+        )
         for step, (images, targets) in enumerate(bar):
             set_lrs(
                 optimizer, lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps, cfg.schedule)
@@ -148,13 +167,14 @@ def fine_tune(
             if on_cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast:
-                loss = loss_fn(model(images), targets)
+                loss = loss_fn(net(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * len(targets)
             seen += len(targets)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        total_loss, seen = distributed.all_sum([total_loss, seen])
         val_loss, val_accuracy = evaluate_loader(model, val_loader, device, autocast)
         record = EpochRecord(
             epoch=len(history) + 1,
@@ -172,19 +192,22 @@ def fine_tune(
             best_state = _cpu_state(model)
         else:
             stale += 1
-        finished = epoch + 1 == cfg.epochs or (val_loader is not None and stale >= cfg.patience)
-        _save_state(
-            state_file,
-            model,
-            optimizer,
-            history,
-            best_state,
-            best_epoch,
-            best_score,
-            stale,
-            epoch + 1,
-            finished,
+        finished = distributed.agree(
+            epoch + 1 == cfg.epochs or (val_loader is not None and stale >= cfg.patience)
         )
+        if main:
+            _save_state(
+                state_file,
+                model,
+                optimizer,
+                history,
+                best_state,
+                best_epoch,
+                best_score,
+                stale,
+                epoch + 1,
+                finished,
+            )
         log.info(
             "%s epoch %d: train loss %.4f, val loss %s, val acc %s, %d trainable, %.1f s",
             phase,
@@ -200,7 +223,7 @@ def fine_tune(
             if stale >= cfg.patience:
                 log.info("%s: early stopping at epoch %d (best %d)", phase, record.epoch, best_epoch)
             break
-    if not finished:  # epochs already reached on resume
+    if not finished and main:  # epochs already reached on resume
         _save_state(
             state_file, model, optimizer, history, best_state, best_epoch, best_score, stale, cfg.epochs, True
         )
@@ -243,6 +266,21 @@ def load_state(state_file: Path, model: nn.Module, optimizer: torch.optim.Optimi
         return None
 
 
+def _load_state_in_turn(state_file: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+    """``load_state`` on rank 0 first (it may move a bad file aside), then on the other ranks."""
+    if distributed.is_main():
+        saved = load_state(state_file, model, optimizer)
+        distributed.barrier()
+        return saved
+    distributed.barrier()
+    return load_state(state_file, model, optimizer)
+
+
+def _val_shard(val_set: ImageDataset, rank: int, world: int) -> ImageDataset | Subset:
+    """Every ``world``-th val image from ``rank``, unpadded: the ranks' sums add up to the whole set."""
+    return val_set if world == 1 else Subset(val_set, range(rank, len(val_set), world))
+
+
 def epoch_metrics(record: EpochRecord) -> dict[str, float]:
     """What ``on_epoch`` receives: train loss, plus val loss and accuracy when there is a val split."""
     metrics = {"train_loss": record.train_loss}
@@ -275,6 +313,7 @@ def evaluate_loader(
         correct += int((logits.argmax(1) == targets).sum())
         count += len(targets)
     model.train(was_training)
+    total, correct, count = distributed.all_sum([total, correct, count])
     return total / count, correct / count
 
 

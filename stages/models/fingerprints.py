@@ -36,8 +36,11 @@ def run_fingerprint(params: Params, frame: pd.DataFrame, backbone: Backbone, pol
 
     data = frame[frame["split"].isin(["train", "val"])].sort_values("image_id")
     spec = {
+        # How the run executes, not what it computes: device, workers, threads, and the DDP process
+        # count (the global batch is the same; a 1-process checkpoint resumes under 2 and back).
         "train": params.train.model_dump(
-            mode="json", exclude={"device", "num_workers", "threads", "feature_batch_size"}
+            mode="json",
+            exclude={"device", "num_workers", "threads", "feature_batch_size", "distributed"},
         ),
         "seed": params.base.seed,
         "weights": backbone.weights_id,

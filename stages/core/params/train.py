@@ -127,6 +127,26 @@ class DetectorSection(Section):
         return self
 
 
+class DistributedSection(Section):
+    """Data-parallel training: the classifier as ``nproc`` torchrun ranks (docs/training.md), the
+    detector on ``nproc`` GPUs through ultralytics' own launcher (docs/detection.md)."""
+
+    nproc: int = Field(
+        default=1,
+        ge=1,
+        description="Processes (one per GPU, or CPU processes) that train together; 1: no torchrun.",
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        default="auto", description="torch.distributed backend; auto: nccl on CUDA, gloo on CPU."
+    )
+    max_restarts: int = Field(
+        default=0,
+        ge=0,
+        description="torchrun restarts of the whole group after a rank dies (each resumes from the last "
+        "checkpoint); 0: the stage fails and the next run resumes.",
+    )
+
+
 class TrainSection(Section):
     backbone: str = Field(
         default="efficientnet_lite2", description="timm model name, or torchvision/<name> for torchvision."
@@ -192,6 +212,20 @@ class TrainSection(Section):
         default=None, ge=1, description="CPU threads for torch; None keeps torch's default."
     )
     feature_batch_size: int = Field(default=32, ge=1)
+    distributed: DistributedSection = Field(
+        default=DistributedSection(),
+        description="Classifier DDP: several processes share each global batch (batch_size).",
+    )
     detector: DetectorSection = Field(
         default=DetectorSection(), description="data.task detect: the YOLO trainer."
     )
+
+    @model_validator(mode="after")
+    def _batch_splits_across_processes(self) -> TrainSection:
+        nproc = self.distributed.nproc
+        if self.batch_size % nproc:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of distributed.nproc {nproc}: "
+                "each process takes batch_size / nproc images of every global batch"
+            )
+        return self

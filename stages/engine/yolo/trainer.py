@@ -50,7 +50,7 @@ from stages.core.contracts import read_classes, read_parquet
 from stages.core.errors import UserError
 from stages.core.hashing import sha256_file
 from stages.core.layout import Layout
-from stages.core.params import DEFAULT_PARAMS_FILE, Params, load_params
+from stages.core.params import DEFAULT_PARAMS_FILE, Params, TrainSection, load_params
 from stages.core.trust import is_trusted, record_trusted, verify_recorded, verify_trusted
 from stages.dataprep.augmentation import VIEW_SEEDING_VERSION, load_policy
 from stages.dataprep.yolo_export import export_dataset
@@ -155,12 +155,34 @@ def ultralytics_device(choice: str) -> str:
     return choice.partition(":")[2] or "0"
 
 
+def training_devices(cfg: TrainSection) -> str:
+    """``train.device`` and ``train.distributed.nproc`` as ultralytics' training ``device``:
+    ``"0,1"`` for two GPUs, which makes ultralytics relaunch itself under torch.distributed."""
+    device = ultralytics_device(cfg.device)
+    nproc = cfg.distributed.nproc
+    if nproc == 1:
+        return device
+    if device == "cpu":
+        raise UserError(
+            f"train.distributed.nproc is {nproc} but the detector trains on the CPU: ultralytics trains "
+            "on several processes only with one CUDA GPU each; set train.distributed.nproc: 1 or "
+            "train.device: cuda."
+        )
+    first = int(device.split(",")[0])
+    if first + nproc > torch.cuda.device_count():
+        raise UserError(
+            f"train.distributed.nproc is {nproc} from GPU {first} but {torch.cuda.device_count()} CUDA "
+            "GPUs are visible; lower train.distributed.nproc."
+        )
+    return ",".join(str(first + i) for i in range(nproc))
+
+
 def train_arguments(params: Params, data_yaml: Path, run_dir: Path, policy) -> dict[str, Any]:
     """Every ``YOLO(...).train`` keyword argument except the model and the trainer class."""
     from stages.engine.yolo.augment import train_overrides
 
     cfg, det = params.train, params.train.detector
-    device = ultralytics_device(cfg.device)
+    device = training_devices(cfg)
     args: dict[str, Any] = {
         "data": str(data_yaml),
         "epochs": det.epochs,
@@ -333,6 +355,24 @@ def _epoch_callbacks(on_epoch: EpochCallback) -> dict[str, Callable]:
     return {"on_train_epoch_end": train_epoch_end, "on_fit_epoch_end": fit_epoch_end}
 
 
+def replay_epochs(results_csv: Path, on_epoch: EpochCallback) -> int:
+    """Report every epoch of ``results.csv`` to ``on_epoch``, named as the live hook names them.
+
+    Multi-GPU runs need it: ultralytics trains them in a child process it generates, which drops
+    the callbacks added here (ultralytics#6168), so the values arrive once training has ended
+    (a tuner cannot prune such a trial mid-run).
+    """
+    if not results_csv.is_file():
+        return 0
+    frame = pd.read_csv(results_csv)
+    frame.columns = [c.strip() for c in frame.columns]
+    frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
+    reported = [c for c in frame.columns if c.startswith(("metrics/", "val/"))]
+    for row in frame.to_dict("records"):
+        on_epoch(int(row["epoch"]), {metric_name(c): float(row[c]) for c in reported})
+    return len(frame)
+
+
 def checkpoint_state(path: Path) -> int | None:
     """Epoch stored in ultralytics' ``last.pt``; -1 once training finished (optimizer stripped).
 
@@ -406,7 +446,8 @@ def run_detector(params: Params, on_epoch: EpochCallback | None = None) -> Detec
     boxes = read_parquet(layout.boxes)
     if (frame["split"] == "train").sum() == 0:
         raise UserError("the train split is empty; check split.fractions and the split audit.")
-    export = export_dataset(frame, boxes, classes, params.data.source, layout.yolo_dataset)
+    with locks.held(layout.yolo_dataset_lock, None, "the YOLO dataset export"):
+        export = export_dataset(frame, boxes, classes, params.data.source, layout.yolo_dataset)
     log.info("phase export: %s (%.1f s)", export, time.perf_counter() - started)
 
     weights = resolve_weights(det.weights)
@@ -431,8 +472,18 @@ def run_detector(params: Params, on_epoch: EpochCallback | None = None) -> Detec
             log.info("phase train: run %s already finished; reusing %s", fingerprint, best)
         else:
             model = YOLO(str(resume_from or weights))  # both digest-checked: run_plan, offline_checkpoint
+            multi_gpu = "," in str(args["device"])
+            if multi_gpu:
+                log.warning(
+                    "phase train: %d GPUs (%s): ultralytics drops our callbacks in its multi-GPU child "
+                    "process, so per-epoch values are read from results.csv after training and a run "
+                    "killed mid-way restarts instead of resuming (docs/detection.md)",
+                    params.train.distributed.nproc,
+                    args["device"],
+                )
             callbacks = {"on_model_save": [_record_checkpoints]}
-            for event, function in (_epoch_callbacks(on_epoch) if on_epoch is not None else {}).items():
+            live_hooks = _epoch_callbacks(on_epoch) if on_epoch is not None and not multi_gpu else {}
+            for event, function in live_hooks.items():
                 callbacks.setdefault(event, []).append(function)
             for event, functions in callbacks.items():
                 for function in functions:
@@ -454,6 +505,8 @@ def run_detector(params: Params, on_epoch: EpochCallback | None = None) -> Detec
             for written in (last, best):  # final_eval rewrote them (optimizer stripped)
                 if written.is_file():
                     record_trusted(written)
+            if multi_gpu and on_epoch is not None:
+                replay_epochs(run_dir / "results.csv", on_epoch)
             done.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
     log.info("phase train: done (%.1f s)", time.perf_counter() - phase)
 
