@@ -26,6 +26,7 @@ ENTRY_POINTS = (
     "label_issues",
     "augment",
     "train",
+    "box_issues",
     "evaluate",
     "export",
     "report",

@@ -100,6 +100,7 @@ def test_repro_builds_everything_then_a_second_repro_does_nothing(built: BuiltPr
         "label_issues",
         "augment",
         "train",
+        "box_issues",
         "evaluate",
         "export",
         "report",

@@ -38,6 +38,11 @@ class Layout:
         return self.ingest_dir / "boxes.parquet"
 
     @property
+    def ingest_shapes(self) -> Path:
+        """Polygons and masks as imported (pixels of the displayed image; see contracts.SHAPE_COLUMNS)."""
+        return self.ingest_dir / "shapes.parquet"
+
+    @property
     def ingest_summary(self) -> Path:
         """Format, counts and warnings from ingest; validate folds it into the report."""
         return self.ingest_dir / "ingest_summary.json"
@@ -56,6 +61,11 @@ class Layout:
     def boxes(self) -> Path:
         """The validated boxes: what every later detection stage reads."""
         return self.validate_dir / "boxes.parquet"
+
+    @property
+    def shapes(self) -> Path:
+        """The validated polygons and masks: what segmentation reads."""
+        return self.validate_dir / "shapes.parquet"
 
     @property
     def validate_quarantine(self) -> Path:
@@ -90,6 +100,17 @@ class Layout:
     def label_issues_summary(self) -> Path:
         """Counts, folds and the estimated noise rate per class pair."""
         return self.paths.reports / "label_issues.json"
+
+    # box_issues
+    @property
+    def box_issues(self) -> Path:
+        """Suspected box errors of the val split (detect), lowest box quality first."""
+        return self.paths.reports / "box_issues.csv"
+
+    @property
+    def box_issues_summary(self) -> Path:
+        """Counts per issue type, the thresholds, and why nothing was scored (classify)."""
+        return self.paths.reports / "box_issues.json"
 
     @property
     def split_audit(self) -> Path:
@@ -142,8 +163,17 @@ class Layout:
 
     @property
     def yolo_dataset(self) -> Path:
-        """The dataset exported in ultralytics' layout (images, labels, data.yaml); updated in place."""
-        return self.paths.processed / "yolo"
+        """The dataset exported in ultralytics' layout (images, labels, data.yaml); updated in place.
+
+        A cache, not a DVC output: it is rebuilt from the source and the validated manifest on every
+        detector run (mostly hard links), and as an output DVC would copy every image into its cache.
+        """
+        return self.paths.cache / "yolo_dataset"
+
+    @property
+    def yolo_dataset_lock(self) -> Path:
+        """Held while the export is rewritten: tuning workers may export the same dataset at once."""
+        return self.paths.cache / "yolo_dataset.lock"
 
     @property
     def yolo_runs(self) -> Path:
