@@ -99,6 +99,28 @@ def write_yolo(source: Path) -> Path:
     return source
 
 
+def write_voc(source: Path) -> Path:
+    """Pascal VOC carries boxes only: a polygon is written as its tight box (what a detector reads)."""
+    write_images(source)
+    (source / "annotations").mkdir(parents=True, exist_ok=True)
+    for image in SPEC:
+        w, h = image.size
+        objects = []
+        for obj in image.objects:
+            xs, ys = obj.coords[0::2], obj.coords[1::2]
+            x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
+            objects.append(
+                f"<object><name>{obj.cls}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+            )
+        xml = (
+            f"<annotation><filename>{image.name}</filename><size><width>{w}</width><height>{h}</height>"
+            f"<depth>3</depth></size>{''.join(objects)}</annotation>"
+        )
+        (source / "annotations" / Path(image.name).with_suffix(".xml")).write_text(xml, encoding="utf-8")
+    return source
+
+
 def cvat_xml(images: list[str], labels: list[str] = CLASSES, project: bool = False) -> str:
     """A CVAT for images 1.1 document around ``<image>`` elements."""
     label_xml = "".join(f"<label><name>{name}</name><attributes/></label>" for name in labels)

@@ -180,6 +180,12 @@ def test_every_format_imports_the_same_manifest_boxes_and_shapes(tmp_path: Path)
         pd.testing.assert_frame_equal(other_manifest, manifest, obj=name)
         assert _close(other_boxes, boxes), (name, other_boxes, boxes)
         assert _close(other_polygons, polygons), (name, other_polygons, polygons)
+    # Pascal VOC has no polygons: the same manifest and boxes (each polygon as its tight box).
+    voc = _ingest(tmp_path / "run-voc", writers.write_voc(tmp_path / "voc"))
+    assert voc.format == "voc" and voc.quarantine.empty and voc.shapes.empty
+    voc_manifest, voc_boxes, _ = _summary(voc)
+    pd.testing.assert_frame_equal(voc_manifest, manifest, obj="voc")
+    assert _close(voc_boxes, boxes), (voc_boxes, boxes)
 
 
 # --- COCO, YOLO-seg, Roboflow ---------------------------------------------------------------
