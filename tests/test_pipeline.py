@@ -136,7 +136,7 @@ def test_changing_a_train_param_reruns_only_train_and_downstream(project: Path) 
     params["train"]["lr"] = params["train"]["lr"] * 3
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     result = _dvc(project, "repro")
-    assert _ran_stages(result.stdout) == {"train", "evaluate", "export", "report"}
+    assert _ran_stages(result.stdout) == {"train", "box_issues", "evaluate", "export", "report"}
 
 
 def test_outputs_round_trip_through_a_local_remote(project: Path, tmp_path: Path) -> None:
@@ -169,7 +169,8 @@ def test_changing_augment_params_reruns_augment_and_the_trainer_not_the_data_sta
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     params["augment"]["preset"] = "light" if params["augment"]["preset"] != "light" else "heavy"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    assert _ran_stages(_dvc(project, "repro").stdout) == {"augment", "train", "evaluate", "export", "report"}
+    downstream = {"augment", "train", "box_issues", "evaluate", "export", "report"}
+    assert _ran_stages(_dvc(project, "repro").stdout) == downstream
 
     # Only the preview changes: the saved policy is byte-identical, so nothing downstream re-runs.
     params["augment"]["preview"]["views"] = 1

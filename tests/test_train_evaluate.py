@@ -126,7 +126,9 @@ def test_predict_scores_what_the_head_sees_in_the_feature_cache(tmp_path, classi
     files = sorted(classify_source.rglob("*.png"))[:6]
     requests = [feature_cache.FeatureRequest(f, hashlib.sha256(f.read_bytes()).hexdigest(), 0) for f in files]
     cache = feature_cache.FeatureCache(tmp_path / "features", backbone, "efficientnet_lite0", None, 0)
-    features = torch.from_numpy(cache.get(requests, torch.device("cpu"), 4, "test"))
+    features = torch.from_numpy(
+        np.array(cache.get(requests, torch.device("cpu"), 4, "test"))
+    )  # a read-only memmap
     head = head_module(backbone.model)
     with torch.no_grad():  # a head with large weights, so a ~1e-5 change of the features shows
         head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(0)))
