@@ -41,7 +41,7 @@ def server_binaries() -> Path:
     return candidates[-1]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -77,7 +77,7 @@ def postgres_cluster(databases: tuple[str, ...] = ()) -> Iterator[str]:
         env=env,
         **drop,
     )
-    port = _free_port()
+    port = free_port()
     log = (root / "server.log").open("w")
     settings = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100"]
     server = subprocess.Popen(

@@ -11,7 +11,6 @@ import errno
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,7 +49,7 @@ from pipelines.flow import (
 from stages.core.errors import DataError, ParamsError
 from stages.core.params import parse_params, with_overrides
 from tests.conftest import REPO_ROOT, make_classify_source
-from tests.postgres_cluster import postgres_cluster
+from tests.postgres_cluster import free_port, postgres_cluster
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
@@ -311,12 +310,6 @@ def test_push_then_pull_through_a_dvc_remote(prefect_harness: None, tmp_path: Pa
 # --- a real Prefect server, the served deployment, the whole pipeline -------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _stop(process: subprocess.Popen) -> None:
     """Stop a process we started and everything it spawned (its own process group)."""
     if process.poll() is None:
@@ -343,7 +336,7 @@ def prefect_server_on_postgres(tmp_path: Path) -> Iterator[tuple[str, dict[str, 
 
 
 def _prefect_server(tmp_path: Path, extra: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
-    port = _free_port()
+    port = free_port()
     env = os.environ | {
         "PREFECT_HOME": str(tmp_path / "prefect_home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

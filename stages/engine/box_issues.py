@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from stages.metrics.detection import box_iou
+
 SWAP, BADLOC, MISSING, SPURIOUS = "swap", "badloc", "missing", "spurious"
 ISSUE_TYPES = (SWAP, BADLOC, MISSING, SPURIOUS)
 TIE_ORDER = (BADLOC, SPURIOUS, SWAP)  # a box no prediction speaks about scores 1.0 everywhere: badloc
@@ -66,19 +68,6 @@ class Thresholds:
     confident: float = 0.5  # high_probability_threshold: predictions that may call a swap or a missing box
     low: float = 0.25  # low_probability_threshold: predictions that may place a box
     suspect: float = 0.5  # boxes scoring at most this are listed
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of xyxy boxes."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def to_cleanlab(

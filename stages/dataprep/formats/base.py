@@ -8,6 +8,7 @@ pixels of the displayed image (see docs/architecture.md, "Import and validation"
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from stages.core.contracts import QuarantineEntry
+from stages.core.errors import DataError
 
 # Folder names that declare a predefined split: train/, val/, valid/, test/, train2017/...
 _SPLIT_NAME = re.compile(r"^(train|val|valid|validation|test)(\d*)$", re.IGNORECASE)
@@ -99,8 +101,6 @@ def inside_root(root: Path, candidate: Path) -> bool:
 
 def refuse_outside_folder(root: Path, folder: Path) -> None:
     """Refuse, before walking it, a folder the import needs that is a link out of the source."""
-    from stages.core.errors import DataError
-
     if folder.is_dir() and not inside_root(root, folder):
         raise DataError(
             f"{rel(root, folder)}/ is a link to a folder outside the source folder; copy its files into "
@@ -125,8 +125,6 @@ def is_split_folder(path: Path) -> bool:
 
 def named_annotation_file(root: Path, annotations: Path, what: str) -> Path:
     """The file ``data.annotations`` names, or a one-sentence error saying it is not usable."""
-    from stages.core.errors import DataError
-
     file, problem = locate(root, [root], annotations.as_posix())
     if file is None:
         shown = annotations.as_posix()
@@ -216,3 +214,41 @@ def orphaned_boxes(
         )
         for b in boxes or ()
     ]
+
+
+def single_label(labels: list[str], noun: str, where: str, shown: str) -> str | QuarantineEntry:
+    """A classification image's label from a tool's tags (CVAT ``<tag>``, Label Studio ``choices``):
+    exactly one distinct ``noun``, else the quarantine row saying what was found."""
+    if len(set(labels)) == 1:
+        return labels[0]
+    reason, what = (
+        ("unlabeled", f"no {noun}") if not labels else ("several_labels", f"{noun}s {sorted(set(labels))}")
+    )
+    detail = f"{where} ({shown}) has {what}; classification needs exactly one {noun} per image."
+    return QuarantineEntry(shown, reason, detail, "ingest", "image", where)
+
+
+TOO_DEEP = (
+    "{name}: JSON nested too deeply to read (lists or objects thousands of levels inside each other); "
+    "export the annotations again."
+)
+
+
+def read_annotation_json(root: Path, file: Path, name: str) -> object:
+    """An annotation JSON (COCO, Label Studio) under the source: each way it can be unreadable is one
+    sentence naming ``name``; the caller checks the shape of what it got."""
+    if not inside_root(root, file):
+        raise DataError(f"{name} is a link that points outside the source folder; copy the file in instead.")
+    try:
+        return json.loads(file.read_bytes())
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{name}: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); fix it there or "
+            "export the annotations again."
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{name}: not UTF-8 text (byte {exc.start}); export the annotations again as UTF-8 JSON."
+        ) from None
+    except RecursionError:
+        raise DataError(TOO_DEEP.format(name=name)) from None

@@ -13,7 +13,6 @@ annotation inside a good file only drops that box, into the quarantine.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +24,16 @@ from stages.core.contracts import QuarantineEntry
 from stages.core.errors import DataError
 from stages.core.params import DataSection, IngestSection
 from stages.dataprep.formats.base import (
+    TOO_DEEP,
     BoxRecord,
     ShapeRecord,
     SourceItem,
     SourceScan,
-    inside_root,
     locate,
     named_annotation_file,
     orphaned_boxes,
     problem_detail,
+    read_annotation_json,
     rel,
     split_of,
     unique_dirs,
@@ -42,10 +42,6 @@ from stages.dataprep.shapes import coco_rle, rle_encode
 
 ROOT_NAMES = ("annotations.json", "_annotations.coco.json")
 STAGE = "ingest"
-_TOO_DEEP = (
-    "{name}: JSON nested too deeply to read (lists or objects thousands of levels inside each other); "
-    "export the annotations again."
-)
 _KEY = {key: re.compile(rb'"' + key.encode() + rb'"\s*:') for key in ("images", "annotations")}
 
 
@@ -171,21 +167,7 @@ def _suffix(path: Path) -> str:
 
 def _parse(root: Path, path: Path, split: str | None) -> _Parsed:
     name = rel(root, path)
-    if not inside_root(root, path):
-        raise DataError(f"{name} is a link that points outside the source folder; copy the file in instead.")
-    try:
-        raw = json.loads(path.read_bytes())
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{name}: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); fix it there or "
-            "export the annotations again."
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{name}: not UTF-8 text (byte {exc.start}); export the annotations again as UTF-8 JSON."
-        ) from None
-    except RecursionError:
-        raise DataError(_TOO_DEEP.format(name=name)) from None
+    raw = read_annotation_json(root, path, name)
     if not isinstance(raw, dict) or not {"images", "annotations"} <= raw.keys():
         raise DataError(
             f"{name}: not a COCO file (it needs top-level 'images', 'annotations' and 'categories'); "
@@ -197,7 +179,7 @@ def _parse(root: Path, path: Path, split: str | None) -> _Parsed:
     except ValidationError as exc:
         raise DataError(f"{name}: {_describe(exc, raw)}") from None
     except RecursionError:
-        raise DataError(_TOO_DEEP.format(name=name)) from None
+        raise DataError(TOO_DEEP.format(name=name)) from None
     _refuse_duplicate_ids(name, [i.id for i in doc.images], "image", "images")
     _refuse_duplicate_ids(name, [c.id for c in doc.categories], "category", "categories")
     return _Parsed(path, split, doc, {c.id: c.name for c in doc.categories})

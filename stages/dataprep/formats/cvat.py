@@ -32,6 +32,7 @@ from stages.dataprep.formats.base import (
     named_annotation_file,
     problem_detail,
     rel,
+    single_label,
     split_of,
     unique_dirs,
 )
@@ -184,14 +185,11 @@ def _read_image(root: Path, xml: Path, image: Element, labels: list[str], task: 
                 out.quarantine.append(QuarantineEntry(shown, shape[0], shape[1], STAGE, "shape", where))
     split = split_of(subset) if subset else None
     if task == "classify":
-        if len(set(tags)) != 1:
-            reason, what = (
-                ("unlabeled", "no <tag>") if not tags else ("several_labels", f"tags {sorted(set(tags))}")
-            )
-            detail = f"{where_image} ({shown}) has {what}; classification needs exactly one tag per image."
-            out.quarantine.append(QuarantineEntry(shown, reason, detail, STAGE, "image", where_image))
-            return
-        out.items.append(SourceItem(file, shown, tags[0], split, None, xml_rel, declared_size=size))
+        label = single_label(tags, "<tag>", where_image, shown)
+        if isinstance(label, QuarantineEntry):
+            out.quarantine.append(label)
+        else:
+            out.items.append(SourceItem(file, shown, label, split, None, xml_rel, declared_size=size))
         return
     out.items.append(
         SourceItem(

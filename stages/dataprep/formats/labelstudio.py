@@ -11,7 +11,6 @@ latest. Class order: sorted names.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
@@ -27,9 +26,10 @@ from stages.dataprep.formats.base import (
     ShapeRecord,
     SourceItem,
     SourceScan,
-    inside_root,
     named_annotation_file,
+    read_annotation_json,
     rel,
+    single_label,
 )
 from stages.dataprep.shapes import labelstudio_mask, rle_encode
 
@@ -126,18 +126,7 @@ def scan(root: Path, data: DataSection, params: IngestSection) -> SourceScan:
 
 
 def _load(root: Path, file: Path, name: str) -> list:
-    if not inside_root(root, file):
-        raise DataError(f"{name} is a link that points outside the source folder; copy the file in instead.")
-    try:
-        tasks = json.loads(file.read_bytes())
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{name}: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); export it again."
-        ) from None
-    except (UnicodeDecodeError, RecursionError):
-        raise DataError(
-            f"{name}: not readable UTF-8 JSON; export the project from Label Studio again."
-        ) from None
+    tasks = read_annotation_json(root, file, name)
     if not isinstance(tasks, list):
         raise DataError(
             f"{name}: not a Label Studio export (a JSON list of tasks); export as JSON or JSON-MIN."
@@ -277,14 +266,11 @@ def _read_task(
         else:
             out.quarantine.append(QuarantineEntry(shown, parsed[0], parsed[1], STAGE, item, here))
     if task == "classify":
-        if len(set(choices)) != 1:
-            reason, what = (
-                ("unlabeled", "no choice") if not choices else ("several_labels", f"{sorted(set(choices))}")
-            )
-            detail = f"{where} ({shown}) has {what}; classification needs exactly one choice per image."
-            out.quarantine.append(QuarantineEntry(shown, reason, detail, STAGE, "image", where))
-            return
-        out.items.append(SourceItem(image, shown, choices[0], None, None, name))
+        label = single_label(choices, "choice", where, shown)
+        if isinstance(label, QuarantineEntry):
+            out.quarantine.append(label)
+        else:
+            out.items.append(SourceItem(image, shown, label, None, None, name))
         return
     out.items.append(
         SourceItem(
