@@ -753,6 +753,49 @@ def write_doc(results: list[dict]) -> None:
     )
 
 
+# ---------------------------------------------------------------- worker pools, 1 vs 2
+
+
+def pool_speedups(n: int, repeats: int = 3) -> list[list[object]]:
+    """The three per-file pools in this process on ``n`` generated 64 px JPEGs (fresh caches each
+    time), 1 and 2 workers alternating: median seconds and the speed-up, one row per pool."""
+    import hashlib
+
+    from stages.core.params import ValidateSection
+    from stages.dataprep import file_facts, importing, integrity, near_duplicates
+    from stages.dataprep.imaging import allowed_formats
+
+    files = sorted(generate_classify(max(n, 1000)).rglob("*.jpg"))[:n]
+    shas = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    formats = allowed_formats()
+
+    def validate(workers: int, cache: Path) -> None:
+        integrity.check_images(files, shas, ValidateSection(workers=workers), cache)
+
+    def hashes(workers: int, cache: Path) -> None:
+        near_duplicates.compute_hashes(files, shas, ("phash", "dhash"), cache, workers)
+
+    def ingest(workers: int, cache: Path) -> None:
+        list(file_facts.read_files(importing.read_file, files, formats, workers))
+
+    rows: list[list[object]] = []
+    for name, job in (
+        ("ingest: header + sha256", ingest),
+        ("validate: decode", validate),
+        ("split: hashes", hashes),
+    ):
+        times: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(repeats):
+            for workers in (1, 2):
+                with tempfile.TemporaryDirectory() as cache:
+                    started = time.perf_counter()
+                    job(workers, Path(cache))
+                    times[workers].append(time.perf_counter() - started)
+        one, two = statistics.median(times[1]), statistics.median(times[2])
+        rows.append([name, f"{one:.2f}", f"{two:.2f}", f"{one / two:.2f}x"])
+    return rows
+
+
 # ---------------------------------------------------------------- DVC at scale
 
 
@@ -865,6 +908,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--decode-reference", action="store_true", help="the decode ratio on real photos (hymenoptera)"
     )
+    parser.add_argument(
+        "--pools", type=int, metavar="N", help="1 vs 2 workers of each per-file pool on N files"
+    )
     parser.add_argument("--cache-types", nargs="+", default=["default", "hardlink", "symlink"])
     parser.add_argument("--yolo-export", type=Path, metavar="PARAMS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -873,6 +919,18 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.decode_reference:
         print(decode_reference())
+        return
+    if args.pools:
+        rows = pool_speedups(args.pools)
+        table = markdown_table(["pool", "1 worker (s)", "2 workers (s)", "speed-up"], rows)
+        print(table)
+        if not args.no_write:
+            intro = (
+                f"`python -m bench.bench_scale --pools {args.pools}`: {args.pools:,} generated 64 px JPEGs, "
+                "each pool called in-process with fresh caches, 1 and 2 workers alternating, medians of 3, "
+                f"{os.cpu_count()} cores."
+            )
+            write_section("Scale: worker pools, 1 vs 2 processes", intro + "\n\n" + table)
         return
     if args.dvc:
         result = dvc_at_scale(args.dvc, args.cache_types)
