@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stages.core.cli import exit_with
-from stages.core.contracts import read_parquet
+from stages.core.contracts import read_classes, read_parquet
 from stages.core.layout import Layout
 from stages.core.params import Params
 from stages.dataprep.augmentation import build_policy
@@ -28,7 +28,7 @@ class AugmentResult:
     task: str = "classify"
 
     def __str__(self) -> str:
-        boxes = " with bbox rules" if self.task == "detect" else ""
+        boxes = {"detect": " with bbox rules", "segment": " moving masks (nearest)"}.get(self.task, "")
         names = ", ".join(self.transforms) or "no transforms"
         return f"policy [{names}]{boxes} -> {self.policy_file}; preview -> {self.preview_file}"
 
@@ -55,7 +55,18 @@ def run(params: Params) -> AugmentResult:
                 boxes = read_parquet(layout.boxes)
             else:
                 log.warning("data.task is detect but %s is missing: the preview shows no boxes", layout.boxes)
-        preview = render_preview(policy, train, params, layout.augment_preview, boxes=boxes)
+        shapes, classes = None, None
+        if task == "segment":
+            classes = read_classes(layout.classes) if layout.classes.is_file() else None
+            if layout.shapes.is_file():
+                shapes = read_parquet(layout.shapes)
+            else:
+                log.warning(
+                    "data.task is segment but %s is missing: the preview shows no masks", layout.shapes
+                )
+        preview = render_preview(
+            policy, train, params, layout.augment_preview, boxes=boxes, shapes=shapes, classes=classes
+        )
         if preview is not None:
             log.info("wrote %s from %d training images", preview, len(train))
     names = [type(t).__name__ for t in policy.transforms]

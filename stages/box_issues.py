@@ -120,6 +120,10 @@ def summary(
 
 
 def _skip_reason(params: Params) -> str:
+    if params.data.task == "segment":
+        return (
+            "box issues are scored for data.task: detect only; segmentation masks are not scored for errors."
+        )
     if params.data.task != "detect":
         return "box issues are scored for data.task: detect only (classification: see label_issues)."
     if not params.label_issues.enabled:

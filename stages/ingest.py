@@ -31,6 +31,7 @@ from stages.dataprep.importing import (
     class_list,
     describe_items,
     ingest_summary,
+    require_shapes,
     resolve_duplicates,
 )
 
@@ -65,6 +66,7 @@ def run(params: Params) -> IngestResult:
     detection, reader = reader_for(params.data.format, root, params.data)
     check_task(detection.format, params.data.task, root, detection.evidence)
     scan = reader(root, params.data, params.ingest)
+    scan.warnings.extend(require_shapes(scan.items, params.data.task, detection.format, root))
     rows, quarantine, stats = describe_items(scan.items, params.ingest)
     rows, duplicate_entries = resolve_duplicates(rows)
     quarantine = quarantine_frame(scan.quarantine + quarantine + duplicate_entries)

@@ -87,6 +87,10 @@ def _skip_reason(params: Params) -> str:
             "images are scored for classification only; detection boxes are scored by the box_issues "
             "stage (reports/box_issues.csv)."
         )
+    if params.data.task == "segment":
+        return (
+            "images are scored for classification only; segmentation masks are not scored for label errors."
+        )
     return ""
 
 

@@ -15,6 +15,7 @@ from stages.core.contracts import SPLIT_NAMES, read_parquet, write_json, write_p
 from stages.core.errors import DataError
 from stages.core.layout import Layout
 from stages.core.params import Params
+from stages.core.params.base import uses_boxes
 from stages.dataprep.groups import assign_groups
 from stages.dataprep.leakage import (
     audit_leakage,
@@ -74,7 +75,7 @@ def run(params: Params) -> SplitResult:
     manifest["group"] = grouping.groups
     if cfg.predefined_file is not None:
         manifest["split"] = predefined_from_file(manifest, params.data.source / cfg.predefined_file)
-    detect = params.data.task == "detect" and layout.boxes.is_file()
+    detect = uses_boxes(params.data.task) and layout.boxes.is_file()
     boxes = read_parquet(layout.boxes) if detect else None
     if boxes is not None:  # an excluded image's boxes leave with it
         boxes = boxes[boxes["image_id"].isin(manifest["image_id"])].reset_index(drop=True)

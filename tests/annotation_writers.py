@@ -270,3 +270,16 @@ def labelstudio_rle(mask: np.ndarray) -> list[int]:
         start = end
     bits += "0" * (-len(bits) % 8)
     return [int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)]
+
+
+def write_mask_pngs(source: Path, masks: dict[str, np.ndarray], classes: list[str]) -> Path:
+    """A mask-PNG source: ``images/`` from ``SPEC``, ``masks/<stem>.png`` (pixel = class index) and
+    classes.txt."""
+    from PIL import Image
+
+    write_images(source)
+    (source / "masks").mkdir(parents=True, exist_ok=True)
+    for name, values in masks.items():
+        Image.fromarray(values.astype(np.uint8), "L").save(source / "masks" / Path(name).with_suffix(".png"))
+    (source / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    return source

@@ -10,6 +10,11 @@ the layout of ``boxes.parquet``), clipped to the frame, and dropped when less th
 ``augment.bbox.min_area`` pixels. A detection policy accepts only transforms that move boxes
 with the pixels or change pixel values alone.
 
+Segmentation policies (``data.task: segment``) move the class map with the image: every
+geometric transform resamples it nearest-neighbour (class indices are never blended), and a
+border the transform fills gets ``IGNORE_INDEX`` in the mask (unknown, not background)
+unless the spec sets ``fill_mask``. A transform that does not move masks is refused.
+
 This module never imports ultralytics (AGPL boundary): the YOLO side lives in
 ``stages/engine/yolo/augment.py``.
 """
@@ -117,11 +122,13 @@ def build_policy(params: AugmentSection, seed: int, task: str = "classify") -> A
     Args:
         params: the ``augment`` section (a preset or an explicit list, and the bbox rules).
         seed: the Compose's own seed (the trainers reseed it per image and view).
-        task: ``classify`` or ``detect``; ``detect`` adds ``BboxParams`` and refuses transforms
-            that would move pixels without moving the boxes.
+        task: ``classify``, ``detect`` or ``segment``; ``detect`` adds ``BboxParams`` and refuses
+            transforms that would move pixels without moving the boxes; ``segment`` refuses those
+            that would move pixels without the mask, and resamples masks nearest-neighbour.
 
     Returns:
-        The policy, ready for ``A.save`` and for ``augment_image`` / ``augment_sample``.
+        The policy, ready for ``A.save`` and for ``augment_image`` / ``augment_sample`` /
+        ``augment_pair``.
 
     Examples:
         >>> policy = build_policy(AugmentSection(preset="light"), seed=0, task="detect")
@@ -160,8 +167,9 @@ def build_transform(spec: TransformSpec, task: str = "classify") -> A.BasicTrans
             f"{A.__version__}; check the spelling against its documentation."
         )
     _check_targets(cls, task)
+    params = _mask_params(cls, dict(spec.params)) if task == "segment" else dict(spec.params)
     try:
-        return cls(**spec.params, strict=True)
+        return cls(**params, strict=True)
     except (ValueError, TypeError) as exc:
         raise ParamsError(
             f"augment.transforms: {spec.name}{spec.params} is invalid in albumentations "
@@ -197,7 +205,7 @@ def _build_group(cls: type, spec: TransformSpec, task: str) -> A.BaseCompose:
 
 
 def _check_targets(cls: type, task: str) -> None:
-    """Refuse transforms a trainer cannot use: no image out, or (detection) pixels moved without boxes."""
+    """Refuse transforms a trainer cannot use: no image out, or pixels moved without boxes / masks."""
     import albumentations as A
     from albumentations.core.type_definitions import Targets
 
@@ -214,6 +222,34 @@ def _check_targets(cls: type, task: str) -> None:
             f"augment.transforms: '{cls.__name__}' moves pixels but not bounding boxes in albumentations "
             f"{A.__version__} (its targets: {listed}), so it cannot be used with data.task: detect."
         )
+    if task == "segment" and not issubclass(cls, A.ImageOnlyTransform) and Targets.MASK not in targets:
+        raise ParamsError(
+            f"augment.transforms: '{cls.__name__}' moves pixels but not masks in albumentations "
+            f"{A.__version__} (its targets: {listed}), so it cannot be used with data.task: segment; "
+            "leave it out or pick a transform that lists mask among its targets."
+        )
+
+
+def _mask_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """Nearest-neighbour masks and an ignored border, set explicitly so the saved policy shows them."""
+    import inspect
+
+    import cv2
+
+    from stages.dataprep.semantic_masks import IGNORE_INDEX
+
+    accepted = inspect.signature(cls.__init__).parameters
+    if "mask_interpolation" in accepted:
+        chosen = params.setdefault("mask_interpolation", cv2.INTER_NEAREST)
+        if chosen != cv2.INTER_NEAREST:
+            raise ParamsError(
+                f"augment.transforms: {cls.__name__} has mask_interpolation {chosen!r}, which would blend "
+                f"class indices with data.task: segment; remove it or set it to {cv2.INTER_NEAREST} "
+                "(nearest)."
+            )
+    if "fill_mask" in accepted and "border_mode" in accepted:
+        params.setdefault("fill_mask", IGNORE_INDEX)
+    return params
 
 
 def _first_lines(exc: Exception) -> str:
@@ -292,3 +328,32 @@ def augment_sample(
     reseed(policy, seed)
     out = policy(image=image, bboxes=corners, **{LABEL_FIELD: names})
     return out["image"], np.asarray(out["bboxes"], dtype=np.float64).reshape(-1, 4), list(out[LABEL_FIELD])
+
+
+def augment_pair(
+    policy: A.Compose, image: np.ndarray, mask: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a segmentation policy to an image and its class map together, with a per-call seed.
+
+    Args:
+        policy: a policy built with ``task="segment"`` (masks resampled nearest-neighbour).
+        image: H x W x C uint8 array.
+        mask: H x W uint8 class map of ``image`` (``stages.dataprep.semantic_masks``).
+        seed: the view's seed; same (image, mask, seed) gives the same output.
+
+    Returns:
+        ``(image, mask)``, moved by the same geometry; border the transform fills is
+        ``IGNORE_INDEX`` in the mask.
+
+    Examples:
+        >>> import albumentations as A
+        >>> flipped = augment_pair(A.Compose([A.HorizontalFlip(p=1)]), np.zeros((2, 3, 3), np.uint8),
+        ...     np.array([[1, 0, 0], [2, 0, 0]], np.uint8), 0)[1]
+        >>> flipped.tolist()
+        [[0, 0, 1], [0, 0, 2]]
+    """
+    if mask.shape[:2] != image.shape[:2]:
+        raise ValueError(f"augment_pair got a {mask.shape[:2]} mask for a {image.shape[:2]} image.")
+    reseed(policy, seed)
+    out = policy(image=image, mask=mask)
+    return out["image"], np.asarray(out["mask"], dtype=np.uint8)

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from stages.core.params import ValidateSection
+from stages.core.params.base import uses_boxes
 
 log = logging.getLogger("stages.dataprep.checks")
 
@@ -97,7 +98,7 @@ def tables(
 
 def class_counts(manifest: pd.DataFrame, boxes: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame:
     """Images per class (detection: images with at least one box of it) and the ratio to the largest."""
-    if task == "detect":
+    if uses_boxes(task):
         images = boxes.groupby("class_name")["image_id"].nunique()
         box_counts = boxes["class_name"].value_counts()
     else:
@@ -140,7 +141,7 @@ def expectations_for(name: str, params: ValidateSection, classes: list[str], tas
     )
 
     meta = {"check": name, "notes": CHECKS[name].description}
-    detect = task == "detect"
+    detect = uses_boxes(task)
     build: dict[str, Callable[[], list]] = {
         "image_ids_unique": lambda: [
             ExpectColumnValuesToNotBeNull(column="image_id", meta=meta),
@@ -217,7 +218,7 @@ def run_suite(
 
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     severity = {name: "blocking" for name in params.blocking} | {name: "warn" for name in params.warn}
-    active = [n for n in CHECKS if n in severity and (task == "detect" or not CHECKS[n].detection_only)]
+    active = [n for n in CHECKS if n in severity and (uses_boxes(task) or not CHECKS[n].detection_only)]
     frames = tables(manifest, boxes, classes, task)
 
     context = gx.get_context(mode="ephemeral")

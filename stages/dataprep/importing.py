@@ -17,6 +17,7 @@ from stages.core.contracts import (
 from stages.core.errors import DataError
 from stages.core.hashing import sha256_file
 from stages.core.params import IngestSection
+from stages.core.params.base import uses_boxes
 from stages.dataprep.file_facts import FileFacts, read_files
 from stages.dataprep.formats import DETECTION_FORMATS, TAG_FORMATS, BoxRecord, SourceItem
 from stages.dataprep.formats.base import orphaned_boxes
@@ -48,6 +49,36 @@ def check_task(fmt: str, task: str, root: Path, evidence: str = "") -> None:
             f"{root}: data.task is detect but the source is a folder-per-class layout with no boxes; set "
             "data.task: classify, or export the boxes as COCO, YOLO or Pascal VOC."
         )
+    if task == "segment" and fmt in ("folder", "voc"):
+        what = "a folder-per-class layout" if fmt == "folder" else "Pascal VOC XML, which holds boxes only"
+        raise DataError(f"{root}: data.task is segment but data.source is {what}; {_SEGMENT_FIX}")
+
+
+_SEGMENT_FIX = (
+    "export the regions as polygons or masks (COCO segmentation, YOLO-seg, CVAT, Label Studio, or mask "
+    "PNGs beside images/ with a classes.txt), or set data.task to detect or classify."
+)
+
+
+def require_shapes(items: list[SourceItem], task: str, fmt: str, root: Path) -> list[str]:
+    """A segment source must hold regions: boxes alone cannot say which pixels are which class.
+
+    Returns the warning for a source that mixes both: a box without a shape paints no pixel.
+    """
+    if task != "segment":
+        return []
+    if not any(item.shapes for item in items):
+        raise DataError(
+            f"{root}: data.task is segment but the '{fmt}' annotations in data.source hold no polygon, RLE "
+            f"or mask, only boxes or none; {_SEGMENT_FIX}"
+        )
+    bare = sum(len(item.boxes or ()) - sum(s.has_box for s in item.shapes) for item in items)
+    if bare <= 0:
+        return []
+    return [
+        f"{bare} boxes in data.source have no polygon or mask; for data.task segment their pixels count as "
+        "background, so draw their outlines in the labelling tool."
+    ]
 
 
 def describe_items(
@@ -260,7 +291,7 @@ def orphaned_boxes_of(row: dict, why: str) -> list[QuarantineEntry]:
 
 def class_list(manifest: pd.DataFrame, task: str, root: Path, declared: list[str] | None = None) -> list[str]:
     """Class names in model-output order: sorted labels, or the detection format's own order."""
-    if task == "detect":
+    if uses_boxes(task):
         if not declared:
             raise DataError(
                 f"{root}: no box classes found in the annotations; label at least one object, or check "

@@ -12,6 +12,7 @@ from stages.core.contracts import (
 )
 from stages.core.layout import Layout
 from stages.core.params import Params, ValidateSection
+from stages.core.params.base import uses_boxes
 from stages.dataprep import checks as expectations
 from stages.dataprep.integrity import IntegrityFacts
 
@@ -142,7 +143,7 @@ def validation_report(
     """Counts of what came in, what passed and why the rest was dropped."""
     boxes_before = boxes_before if boxes_before is not None else boxes_frame([])
     boxes_after = boxes_after if boxes_after is not None else boxes_frame([])
-    detect = task == "detect"
+    detect = uses_boxes(task)
     if detect:
         counts = boxes_after.groupby("class_name")["image_id"].nunique().reindex(classes, fill_value=0)
     else:

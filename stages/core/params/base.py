@@ -21,12 +21,24 @@ class BaseSection(Section):
 class DataSection(Section):
     source: Path = Field(description="Dataset root; read only, never written.")
     format: Literal["auto", "folder", "coco", "yolo", "voc", "cvat", "labelstudio", "masks"] = "auto"
-    task: Literal["classify", "detect"] = "classify"
+    task: Literal["classify", "detect", "segment"] = Field(
+        default="classify",
+        description="classify: one label per image (folders or tags); detect: boxes; segment: a class per "
+        "pixel from the shapes (polygons, RLE, mask PNGs), background where no shape lies.",
+    )
     annotations: Path | None = Field(
         default=None,
         description="Annotation file relative to source when the layout leaves a choice: the COCO JSON, "
         "the YOLO dataset YAML that lists the class names, the CVAT XML or the Label Studio JSON export.",
     )
+
+
+def uses_boxes(task: str) -> bool:
+    """Whether a task's data are annotated regions (boxes, and for segment their shapes' tight boxes).
+
+    ``segment`` reads classes, boxes, box checks and split strata exactly as ``detect`` does.
+    """
+    return task in ("detect", "segment")
 
 
 class PathsSection(Section):
