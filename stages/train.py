@@ -2,6 +2,8 @@
 
 ``classify``: a timm/torchvision classifier with a named strategy (``stages/engine/classifier.py``).
 ``detect``: an ultralytics YOLO detector (``stages/engine/yolo/trainer.py``, the AGPL boundary).
+``segment``: an smp segmenter over the same offline encoders (``stages/engine/segmentation/trainer.py``);
+one process only: ``train.distributed.nproc > 1`` is refused for it.
 
 Either way the checkpoint's sha256 goes into ``reports/model_digest.json`` (git-tracked, not in
 DVC's cache): the record every loader of a pickled checkpoint checks it against, which a writer
@@ -30,6 +32,7 @@ from stages.core.trust import write_digest_record
 if TYPE_CHECKING:
     from stages.engine.classifier import TrainResult
     from stages.engine.loop import EpochCallback
+    from stages.engine.segmentation.trainer import SegmentResult
     from stages.engine.yolo.trainer import DetectorResult
 
 STAGE = "train"
@@ -37,17 +40,34 @@ STAGE = "train"
 log = logging.getLogger("stages.train")
 
 
-def run(params: Params, on_epoch: EpochCallback | None = None) -> TrainResult | DetectorResult:
+def run(
+    params: Params, on_epoch: EpochCallback | None = None
+) -> TrainResult | DetectorResult | SegmentResult:
     """Train on the train split, select on val, and save the model under ``paths.models``."""
     layout = Layout(params.paths)
-    result: TrainResult | DetectorResult
-    if params.data.task == "detect":
+    task = params.data.task
+    if params.train.monitor == "val_miou" and task != "segment":
+        raise UserError(
+            f"train.monitor val_miou is for data.task segment; with {task} use val_loss or val_accuracy."
+        )
+    result: TrainResult | DetectorResult | SegmentResult
+    if task == "detect":
         from stages.engine.yolo.trainer import run_detector
 
         result = run_detector(params, on_epoch)
+    elif task == "segment":
+        from stages.engine.segmentation.trainer import train_segmenter
+
+        if params.train.distributed.nproc > 1:
+            raise UserError(
+                "train.distributed.nproc > 1 is not supported for data.task segment (it trains in one "
+                "process); set train.distributed.nproc: 1."
+            )
+        result = train_segmenter(params, on_epoch)
     else:
         result = _train_classifier(params, on_epoch)
-    # classifier.pt loads with weights_only=True, so its entry is informational; detector.pt's is the anchor.
+    # classifier.pt and segmenter.pt load with weights_only=True, so their entries are informational;
+    # detector.pt's is the anchor.
     write_digest_record(layout.model_digest, [result.checkpoint])
     return result
 
@@ -81,7 +101,7 @@ def _train_classifier(params: Params, on_epoch: EpochCallback | None) -> TrainRe
     return TrainResult(**fields)
 
 
-def main(params: Params) -> TrainResult | DetectorResult | str:
+def main(params: Params) -> TrainResult | DetectorResult | SegmentResult | str:
     """Train on the train split, select on val, and save the model under ``paths.models`` (as a
     torchrun rank of ``train.distributed``: one shard, and rank 0 writes)."""
     from stages.engine import distributed

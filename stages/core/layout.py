@@ -156,6 +156,11 @@ class Layout:
         return self.paths.models / "detector.pt"
 
     @property
+    def segmenter(self) -> Path:
+        """The fine-tuned segmenter (``data.task: segment``): state dict plus JSON meta."""
+        return self.paths.models / "segmenter.pt"
+
+    @property
     def model_digest(self) -> Path:
         """``{checkpoint name: sha256}`` of what train wrote, git-tracked: the anchor loaders check
         a pickled checkpoint against (``stages.core.trust``), out of reach of the DVC remote."""
@@ -192,6 +197,11 @@ class Layout:
     def integrity_cache(self) -> Path:
         return self.paths.cache / "integrity"
 
+    @property
+    def mask_cache(self) -> Path:
+        """Segment: rasterised class maps (stages.dataprep.semantic_masks.MaskStore)."""
+        return self.paths.cache / "masks"
+
     # evaluate
     @property
     def metrics(self) -> Path:
@@ -204,6 +214,11 @@ class Layout:
     @property
     def plots_dir(self) -> Path:
         return self.paths.reports / "plots"
+
+    @property
+    def segment_masks(self) -> Path:
+        """segment: the true and predicted class maps of the worst images, for the report's overlays."""
+        return self.paths.reports / "segment_masks"
 
     # report
     @property

@@ -21,6 +21,8 @@ def log_history(history: list[EpochRecord], directory: Path, summary: dict) -> N
                 live.log_metric("val/loss", record.val_loss)
             if record.val_accuracy is not None:  # set with val_loss: both come from the same val pass
                 live.log_metric("val/accuracy", record.val_accuracy)
+            if record.val_miou is not None:  # segment: mean IoU of the same val pass
+                live.log_metric("val/miou", record.val_miou)
             live.next_step()
     (directory / "run.json").write_text(
         json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"

@@ -17,13 +17,15 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Sized
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from stages.core.params import TrainSection
@@ -53,6 +55,21 @@ class EpochRecord:
     val_accuracy: float | None
     lr: float
     trainable_params: int
+    val_miou: float | None = None  # segment: mean IoU over the val pixels
+
+
+@dataclass(frozen=True)
+class ValScores:
+    """One validation pass: what ``EpochRecord`` and ``train.monitor`` read."""
+
+    loss: float | None
+    accuracy: float | None  # classify: image accuracy; segment: pixel accuracy
+    miou: float | None = None
+
+
+# (model, val loader or None, device, autocast context) -> the epoch's validation scores
+Validator = Callable[[nn.Module, DataLoader | None, torch.device, Any], ValScores]
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -66,6 +83,8 @@ def monitor_score(record: EpochRecord, monitor: str) -> float:
     """Lower is better; without a val split the latest epoch wins."""
     if record.val_loss is None:
         return -record.epoch
+    if monitor == "val_miou":
+        return -(record.val_miou or 0.0)
     return record.val_loss if monitor == "val_loss" else -(record.val_accuracy or 0.0)
 
 
@@ -77,8 +96,8 @@ def make_optimizer(groups: list[dict], cfg: TrainSection) -> torch.optim.Optimiz
 
 def fine_tune(
     model: nn.Module,
-    train_set: ImageDataset,
-    val_set: ImageDataset | None,
+    train_set: ImageDataset | Dataset,
+    val_set: ImageDataset | Dataset | None,
     cfg: TrainSection,
     seed: int,
     device: torch.device,
@@ -87,8 +106,16 @@ def fine_tune(
     sample_weights: torch.Tensor | None = None,
     phase: str = "finetune",
     on_epoch: EpochCallback | None = None,
+    loss_fn: LossFunction | None = None,
+    validate: Validator | None = None,
+    drop_last: bool = False,
 ) -> FitResult:
     """Train ``model`` with ``cfg.strategy``; resume from ``state_file`` when it exists.
+
+    The defaults train a classifier (cross-entropy with ``class_weight`` and label smoothing,
+    scored by ``evaluate_loader``); the segmenter passes its own ``loss_fn`` (model output,
+    targets -> loss) and ``validate``, and ``drop_last`` (a batch of one cannot pass a
+    BatchNorm over pooled features in training mode).
 
     ``on_epoch(epoch, metrics)`` runs after each epoch's checkpoint is written (epochs restored on
     resume are reported first), so an exception it raises (a pruned trial) stops training with a
@@ -99,23 +126,27 @@ def fine_tune(
     if on_cuda:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(param_groups(model, cfg), cfg)
-    loss_fn = nn.CrossEntropyLoss(
-        weight=class_weight.to(device) if class_weight is not None else None,
-        label_smoothing=cfg.label_smoothing,
-    )
+    if loss_fn is None:
+        loss_fn = nn.CrossEntropyLoss(
+            weight=class_weight.to(device) if class_weight is not None else None,
+            label_smoothing=cfg.label_smoothing,
+        )
+    validate = validate or classifier_scores
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0
     batch_size = cfg.batch_size // world  # the params refuse a batch_size nproc does not divide
-    sampler = EpochSampler(len(train_set), seed, sample_weights, rank, world)
+    sampler = EpochSampler(len(cast(Sized, train_set)), seed, sample_weights, rank, world)
     loader_options = {
         "num_workers": cfg.num_workers,
         "pin_memory": on_cuda,
         "persistent_workers": cfg.num_workers > 0,
     }
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, **loader_options)
+    train_loader = DataLoader(
+        train_set, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **loader_options
+    )
     val_loader = (
         DataLoader(_val_shard(val_set, rank, world), batch_size=batch_size, shuffle=False, **loader_options)
-        if val_set is not None and len(val_set)
+        if val_set is not None and len(cast(Sized, val_set))
         else None
     )
     steps_per_epoch = len(train_loader)  # ceil(ceil(n / world) / (B / world)) = ceil(n / B)
@@ -175,15 +206,16 @@ def fine_tune(
             seen += len(targets)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         total_loss, seen = distributed.all_sum([total_loss, seen])
-        val_loss, val_accuracy = evaluate_loader(model, val_loader, device, autocast)
+        scores = validate(model, val_loader, device, autocast)
         record = EpochRecord(
             epoch=len(history) + 1,
             phase=phase,
             train_loss=total_loss / max(seen, 1),
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
+            val_loss=scores.loss,
+            val_accuracy=scores.accuracy,
             lr=optimizer.param_groups[-1]["lr"],
             trainable_params=trainable_parameter_count(model),
+            val_miou=scores.miou,
         )
         history.append(record)
         score = monitor_score(record, cfg.monitor)
@@ -209,12 +241,13 @@ def fine_tune(
                 finished,
             )
         log.info(
-            "%s epoch %d: train loss %.4f, val loss %s, val acc %s, %d trainable, %.1f s",
+            "%s epoch %d: train loss %.4f, val loss %s, val acc %s%s, %d trainable, %.1f s",
             phase,
             record.epoch,
             record.train_loss,
-            _fmt(val_loss),
-            _fmt(val_accuracy),
+            _fmt(scores.loss),
+            _fmt(scores.accuracy),
+            "" if scores.miou is None else f", val mIoU {scores.miou:.4f}",
             record.trainable_params,
             time.perf_counter() - started,
         )
@@ -276,24 +309,34 @@ def _load_state_in_turn(state_file: Path, model: nn.Module, optimizer: torch.opt
     return load_state(state_file, model, optimizer)
 
 
-def _val_shard(val_set: ImageDataset, rank: int, world: int) -> ImageDataset | Subset:
+def _val_shard(val_set: ImageDataset | Dataset, rank: int, world: int) -> ImageDataset | Dataset | Subset:
     """Every ``world``-th val image from ``rank``, unpadded: the ranks' sums add up to the whole set."""
-    return val_set if world == 1 else Subset(val_set, range(rank, len(val_set), world))
+    return val_set if world == 1 else Subset(val_set, range(rank, len(cast(Sized, val_set)), world))
 
 
 def epoch_metrics(record: EpochRecord) -> dict[str, float]:
-    """What ``on_epoch`` receives: train loss, plus val loss and accuracy when there is a val split."""
+    """What ``on_epoch`` receives: train loss, plus val loss, accuracy (mIoU) given a val split."""
     metrics = {"train_loss": record.train_loss}
     if record.val_loss is not None:
         metrics["val_loss"] = record.val_loss
     if record.val_accuracy is not None:
         metrics["val_accuracy"] = record.val_accuracy
+    if record.val_miou is not None:
+        metrics["val_miou"] = record.val_miou
     return metrics
 
 
 def _report(on_epoch: EpochCallback | None, record: EpochRecord) -> None:
     if on_epoch is not None:
         on_epoch(record.epoch, epoch_metrics(record))
+
+
+def classifier_scores(
+    model: nn.Module, loader: DataLoader | None, device: torch.device, autocast
+) -> ValScores:
+    """The default ``Validator``: val loss and accuracy of a classifier."""
+    loss, accuracy = evaluate_loader(model, loader, device, autocast)
+    return ValScores(loss, accuracy)
 
 
 @torch.inference_mode()

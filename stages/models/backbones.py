@@ -13,7 +13,7 @@ should not pay.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +257,11 @@ def head_module(model: nn.Module) -> nn.Linear:
 
 
 def head_parameter_names(model: nn.Module) -> set[str]:
+    """The new head's parameter names; a model with no single head (a segmenter: decoder and
+    segmentation head) names them itself through a ``head_parameter_names()`` method."""
+    own = getattr(model, "head_parameter_names", None)
+    if callable(own):
+        return set(cast(Callable[[], Iterable[str]], own)())
     head = head_module(model)
     ids = {id(p) for p in head.parameters()}
     return {name for name, p in model.named_parameters() if id(p) in ids}

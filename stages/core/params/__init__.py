@@ -40,6 +40,7 @@ from stages.core.params.split import (
 from stages.core.params.train import (
     DETECTOR_OWNED_KEYS,
     DetectorSection,
+    SegmenterSection,
     Strategy,
     TrainSection,
     ultralytics_cfg_keys,
@@ -73,6 +74,7 @@ __all__ = [
     "PreviewSection",
     "ReportSection",
     "Section",
+    "SegmenterSection",
     "SplitFractions",
     "SplitSection",
     "Strategy",

@@ -1,4 +1,5 @@
-"""The ``train`` section (classifier) and its ``train.detector`` part (the YOLO trainer).
+"""The ``train`` section (classifier), its ``train.detector`` part (the YOLO trainer) and its
+``train.segmenter`` part (the smp segmenter).
 
 ``ultralytics_cfg_keys`` reads ultralytics' own argument list as a YAML file: stages/core may not
 import ultralytics (AGPL boundary, and its import costs seconds).
@@ -127,6 +128,39 @@ class DetectorSection(Section):
         return self
 
 
+class SegmenterSection(Section):
+    """Semantic segmentation (``data.task: segment``): an smp decoder over the ``train.backbone``
+    encoder; strategies, LR, epochs, schedule and early stopping come from ``train`` itself."""
+
+    decoder: Literal["unet", "fpn", "deeplabv3plus"] = Field(
+        default="unet", description="segmentation-models-pytorch decoder over the encoder's feature maps."
+    )
+    image_size: int = Field(
+        default=256,
+        description="Images (bilinear) and masks (nearest) are resized to this square; a multiple of 32 "
+        "(the encoder's output stride).",
+    )
+    loss: Literal["ce", "ce_dice"] = Field(
+        default="ce",
+        description="ce: pixel cross-entropy (255 = ignore); ce_dice: plus multiclass Dice x dice_weight.",
+    )
+    dice_weight: float = Field(default=1.0, gt=0, description="ce_dice only: weight of the Dice term.")
+    draw_order: Literal["area", "z_order"] = Field(
+        default="area",
+        description="Overlapping shapes: area (larger first, smaller on top: a window over its facade) or "
+        "z_order (ascending, ties in file order); the later drawn wins.",
+    )
+
+    @model_validator(mode="after")
+    def _size_fits_the_encoder(self) -> SegmenterSection:
+        if self.image_size <= 0 or self.image_size % 32:
+            raise ValueError(
+                f"image_size {self.image_size} must be a positive multiple of 32 (the encoder halves it "
+                "five times); e.g. 256"
+            )
+        return self
+
+
 class DistributedSection(Section):
     """Data-parallel training: the classifier as ``nproc`` torchrun ranks (docs/training.md), the
     detector on ``nproc`` GPUs through ultralytics' own launcher (docs/detection.md)."""
@@ -188,7 +222,10 @@ class TrainSection(Section):
     patience: int = Field(
         default=10, ge=1, description="Early stopping: epochs without improvement of monitor."
     )
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    monitor: Literal["val_loss", "val_accuracy", "val_miou"] = Field(
+        default="val_loss",
+        description="What early stopping and the best epoch watch; val_miou: segment only (pixel mIoU).",
+    )
     unfreeze_blocks: int = Field(
         default=2, ge=1, description="partial: body blocks (from the top) that train."
     )
@@ -218,6 +255,9 @@ class TrainSection(Section):
     )
     detector: DetectorSection = Field(
         default=DetectorSection(), description="data.task detect: the YOLO trainer."
+    )
+    segmenter: SegmenterSection = Field(
+        default=SegmenterSection(), description="data.task segment: the smp segmenter."
     )
 
     @model_validator(mode="after")

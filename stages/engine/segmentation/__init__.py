@@ -1,0 +1,1 @@
+"""Semantic segmentation (``data.task: segment``): the smp segmenter's training and inference."""
