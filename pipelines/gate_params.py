@@ -44,7 +44,8 @@ class GateSection(Section):
     metrics: tuple[GateMetric, ...] | None = Field(
         default=None,
         description="Watched metrics (names or {name, better, tolerance, intervals}); None: the task's "
-        "headline metrics, accuracy and f1_macro (classify) or map50_95 and map50 (detect).",
+        "headline metrics, accuracy and f1_macro (classify), map50_95 and map50 (detect), or miou and "
+        "dice_macro (segment).",
     )
     tolerance: float = Field(
         default=0.01, ge=0, description="Absolute drop (new - base, same images) tolerated on every metric."

@@ -4,8 +4,10 @@ It only reads what earlier stages wrote (metrics, predictions, plot data, audits
 curves, the source images for the mistakes grid), so it can be regenerated without the model
 and never disagrees with ``dvc metrics show``. Figures are matplotlib PNGs in
 ``reports/figures/``; the Markdown links them and the HTML embeds them (``report_html``).
-Classification and detection share the page's order: headline, data, model, per class,
-errors, curves, training, (strategy study), reproduce.
+Classification, detection and segmentation share the page's order: headline, data, model, per
+class, errors, curves (not for segmentation), training, (strategy study), reproduce; for
+segmentation the errors section shows the pixel confusion matrix and image / truth / prediction
+overlays of the lowest-IoU images (``sections/segment_overlays.py``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any
 
 CLASSIFY = "classify"
 DETECT = "detect"
+SEGMENT = "segment"
 
 # Headline metrics in report order; ``top{k}_accuracy`` joins after ``accuracy`` when k < classes.
 CLASSIFY_HEADLINE = (
@@ -26,10 +27,19 @@ CLASSIFY_HEADLINE = (
     "ece",
 )
 DETECT_HEADLINE = ("map50", "map50_95", "precision", "recall")
-HEADLINE: Mapping[str, tuple[str, ...]] = {CLASSIFY: CLASSIFY_HEADLINE, DETECT: DETECT_HEADLINE}
+SEGMENT_HEADLINE = ("miou", "dice_macro", "pixel_accuracy", "mean_accuracy", "fw_iou")
+HEADLINE: Mapping[str, tuple[str, ...]] = {
+    CLASSIFY: CLASSIFY_HEADLINE,
+    DETECT: DETECT_HEADLINE,
+    SEGMENT: SEGMENT_HEADLINE,
+}
 
 # What the CI gate watches when ``gate.metrics`` is empty: the main metric first.
-GATED: Mapping[str, tuple[str, ...]] = {CLASSIFY: ("accuracy", "f1_macro"), DETECT: ("map50_95", "map50")}
+GATED: Mapping[str, tuple[str, ...]] = {
+    CLASSIFY: ("accuracy", "f1_macro"),
+    DETECT: ("map50_95", "map50"),
+    SEGMENT: ("miou", "dice_macro"),
+}
 
 # The metrics evaluate writes that improve downwards.
 LOWER_IS_BETTER = frozenset({"log_loss", "ece"})
@@ -50,5 +60,5 @@ def classify_headline(metrics: Iterable[str]) -> list[str]:
 
 def headline_names(metrics: Mapping[str, Any], task: str) -> list[str]:
     """The headline metrics present in ``metrics`` (a metrics.json), in report order."""
-    order = DETECT_HEADLINE if task == DETECT else classify_headline(metrics)
+    order = HEADLINE[task] if task in (DETECT, SEGMENT) else classify_headline(metrics)
     return [name for name in order if name in metrics]

@@ -10,7 +10,10 @@ next to the metrics as ``per_image.json`` (git-tracked, ``cache: false``, like
 - detect: the truth count per class and every detection's class, score and COCO match (a bit
   per IoU threshold 0.50:0.95, set where it is a true positive). mAP, precision and recall of
   any re-weighting of the images follow from these alone (``stages/metrics/detection.py``),
-  so neither the boxes nor the model are needed.
+  so neither the boxes nor the model are needed;
+- segment: the image's pixel confusion matrix as its non-zero cells ``[truth, prediction,
+  pixels]``. Every segmentation metric of any re-weighting of the images follows from the
+  weighted sum of these matrices (``stages/metrics/segmentation.py``).
 
 ``Records.values`` recomputes the headline metrics for rows of image weights (a bootstrap
 resample is a weight vector); ``Records.degrade`` makes a copy where some images are lost
@@ -28,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from stages.core.errors import UserError
-from stages.metrics import classification, detection
-from stages.metrics.names import CLASSIFY, DETECT
+from stages.metrics import classification, detection, segmentation
+from stages.metrics.names import CLASSIFY, DETECT, SEGMENT, SEGMENT_HEADLINE
 
 PER_IMAGE_FILE = "per_image.json"
 CHUNK = 4_000_000  # detection: floats per (resamples x detections x thresholds) block
@@ -93,6 +96,20 @@ def detect_document(image_ids: Sequence[str], matches: detection.Matches, conf: 
         "task": DETECT,
         "classes": list(matches.classes),
         "confidence_threshold": conf,
+        "images": images,
+    }
+
+
+def segment_document(image_ids: Sequence[str], confusions: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The segmentation records: per image its pixel confusion (non-zero cells only)."""
+    images = [
+        {"id": str(image_id), "confusion": segmentation.to_sparse(confusions[i])}
+        for i, image_id in enumerate(image_ids)
+    ]
+    return {
+        "task": SEGMENT,
+        "classes": list(classes),
+        "ignore_index": segmentation.IGNORE_INDEX,
         "images": images,
     }
 
@@ -240,7 +257,45 @@ class DetectRecords:
         return self.matches.gt_count
 
 
-Records = ClassifyRecords | DetectRecords
+@dataclass(frozen=True)
+class SegmentRecords:
+    ids: tuple[str, ...]
+    classes: tuple[str, ...]
+    confusions: np.ndarray  # (images, C, C) pixel counts, rows truth
+
+    task = SEGMENT
+
+    def names(self) -> list[str]:
+        return list(SEGMENT_HEADLINE)
+
+    def values(self, weights: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Each named metric of the weighted sum of the images' confusions, per weight row."""
+        return segmentation.values(self.confusions, weights, names)
+
+    def candidates(self, seed: int) -> np.ndarray:
+        """Images with at least one pixel predicted right, in a seeded order."""
+        right = np.trace(self.confusions, axis1=1, axis2=2) > 0
+        return np.random.default_rng(seed).permutation(np.flatnonzero(right))
+
+    def degrade(self, images: np.ndarray) -> SegmentRecords:
+        """A copy where every right pixel of ``images`` is predicted as the next class instead."""
+        confusions = self.confusions.copy()
+        k = len(self.classes)
+        for c in range(k):
+            moved = confusions[images, c, c].copy()
+            confusions[images, c, c] = 0
+            confusions[images, c, (c + 1) % k] += moved
+        return replace(self, confusions=confusions)
+
+    def reorder(self, order: np.ndarray) -> SegmentRecords:
+        return replace(self, ids=tuple(self.ids[i] for i in order), confusions=self.confusions[order])
+
+    def truths(self) -> np.ndarray:
+        """True pixels per image and class: equal on both sides when the masks are the same."""
+        return self.confusions.sum(2)
+
+
+Records = ClassifyRecords | DetectRecords | SegmentRecords
 
 
 def parse(text: str, source: str) -> Records:
@@ -249,6 +304,8 @@ def parse(text: str, source: str) -> Records:
         doc = json.loads(text)
         if doc["task"] == DETECT:
             return _detect(doc)
+        if doc["task"] == SEGMENT:
+            return _segment(doc)
         return _classify(doc)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise UserError(
@@ -294,3 +351,12 @@ def _detect(doc: dict) -> DetectRecords:
     return DetectRecords(
         tuple(str(r["id"]) for r in images), tuple(classes), matches, float(doc["confidence_threshold"])
     )
+
+
+def _segment(doc: dict) -> SegmentRecords:
+    classes = tuple(str(c) for c in doc["classes"])
+    images = doc["images"]
+    confusions = np.zeros((len(images), len(classes), len(classes)), dtype=np.int64)
+    for i, record in enumerate(images):
+        confusions[i] = segmentation.from_sparse(record["confusion"], len(classes))
+    return SegmentRecords(tuple(str(r["id"]) for r in images), classes, confusions)

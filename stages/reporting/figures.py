@@ -112,8 +112,11 @@ def headline(
 
 
 @styled
-def confusion(matrix: np.ndarray, rows: list[str], columns: list[str], out: Path) -> Path:
-    """Counts, coloured by the share of each actual class (row) so small classes show too."""
+def confusion(
+    matrix: np.ndarray, rows: list[str], columns: list[str], out: Path, as_share: bool = False
+) -> Path:
+    """Counts, coloured by the share of each actual class (row) so small classes show too;
+    ``as_share``: the cells read as that per cent instead (pixel counts are too long to print)."""
     matrix = np.asarray(matrix)
     totals = matrix.sum(1, keepdims=True)
     share = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
@@ -132,11 +135,18 @@ def confusion(matrix: np.ndarray, rows: list[str], columns: list[str], out: Path
     for (i, j), value in np.ndenumerate(matrix):
         if value or not small:
             colour = "white" if share[i, j] > 0.5 else "black"
-            axis.text(j, i, str(value), ha="center", va="center", color=colour, fontsize=8 if small else 10)
+            text = _percent(float(share[i, j])) if as_share and value else str(value)
+            axis.text(j, i, text, ha="center", va="center", color=colour, fontsize=8 if small else 10)
     fig.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of actual class")
     axis.spines[:].set_visible(False)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def _percent(share: float) -> str:
+    """A share as a short per cent: ``97``, ``3.2``, ``<0.1`` (never a bare 0 for a non-empty cell)."""
+    value = 100 * share
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 0.1 else "<0.1"
 
 
 @styled
@@ -376,4 +386,72 @@ def image_grid(
         ]
         fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04 if any(t.boxes for t in tiles) else 0, 1, 1))
+    return _save(fig, out)
+
+
+# --- segmentation ----------------------------------------------------------------------------------
+
+IGNORE_COLOUR = (1.0, 1.0, 1.0, 0.75)  # pixels the metrics skip (truth 255): pale
+
+
+def class_colours(count: int) -> np.ndarray:
+    """RGBA per class index; class 0 (background) fully transparent, the others from tab10/tab20."""
+    cmap = plt.get_cmap("tab10" if count <= 11 else "tab20")
+    colours = np.array([cmap((i - 1) % cmap.N) for i in range(count)], dtype=float)
+    colours[0] = (0, 0, 0, 0)
+    return colours
+
+
+def mask_rgba(mask: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """A class map as an RGBA overlay: background clear, classes at ``alpha``, ignore pixels pale."""
+    rgba = np.zeros((*mask.shape, 4))
+    known = mask < len(colours)
+    rgba[known] = colours[mask[known]]
+    rgba[known & (mask > 0), 3] = alpha
+    rgba[~known] = IGNORE_COLOUR
+    return rgba
+
+
+@dataclass
+class Overlay:
+    """One row of the overlay grid: the image, its true and predicted class maps, a caption."""
+
+    path: Path
+    truth: np.ndarray
+    prediction: np.ndarray
+    caption: str
+
+
+@styled
+def segment_overlays(rows: list[Overlay], classes: list[str], out: Path, thumb: float = 2.4) -> Path | None:
+    """Image | truth | prediction per row (masks over the image; background left clear), with one
+    class legend. Unreadable images become a grey tile under their masks."""
+    if not rows:
+        return None
+    colours = class_colours(len(classes))
+    fig, axes = plt.subplots(
+        len(rows), 3, figsize=(3 * thumb, (thumb + 0.25) * len(rows) + 0.5), squeeze=False
+    )
+    for r, row in enumerate(rows):
+        height, width = row.truth.shape
+        try:
+            image = np.asarray(load_rgb(row.path))
+        except Exception:  # a moved or unreadable source image must not stop the report
+            image = np.full((8, 8, 3), 200, dtype=np.uint8)
+        extent = (0, width, height, 0)
+        for c, (mask, title) in enumerate(
+            ((None, "image"), (row.truth, "truth"), (row.prediction, "prediction"))
+        ):
+            axis = axes[r, c]
+            axis.axis("off")
+            axis.imshow(image, extent=extent)
+            if mask is not None:
+                axis.imshow(mask_rgba(mask, colours), extent=extent, interpolation="nearest")
+            axis.set_title(
+                row.caption if c == 0 else title, fontsize=8, loc="left", color=BAD if c == 0 else "black"
+            )
+    handles = [Patch(facecolor=colours[i], label=name) for i, name in enumerate(classes) if i > 0]
+    handles.append(Patch(facecolor=IGNORE_COLOUR, edgecolor="grey", label="ignored (not scored)"))
+    fig.legend(handles=handles, loc="lower center", ncols=min(len(handles), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / ((thumb + 0.25) * len(rows) + 0.5) * (1 + len(handles) // 5), 1, 1))
     return _save(fig, out)

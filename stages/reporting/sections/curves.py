@@ -1,5 +1,6 @@
 """Curves: per-class precision-recall and F1-confidence (detection), or ROC, precision-recall and
-the reliability diagram (classification), side by side."""
+the reliability diagram (classification), side by side. Segmentation scores class maps, not
+scores: no curves, no section."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from stages.reporting.inputs import ReportInputs
 from stages.reporting.markdown import Section, figure_lines
 
 
-def render(inputs: ReportInputs) -> Section:
+def render(inputs: ReportInputs) -> Section | None:
+    if inputs.task == "segment":
+        return None
     section = Section("Curves")
     if inputs.task == "detect":
         intro = (

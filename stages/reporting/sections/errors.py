@@ -1,4 +1,5 @@
-"""Errors: the confusion matrix, its most frequent confusions, then the task's worst images."""
+"""Errors: the confusion matrix (of pixels, for segmentation), its most frequent confusions, then
+the task's worst images."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ import numpy as np
 import pandas as pd
 
 from stages.reporting import figures
-from stages.reporting.inputs import ReportInputs
+from stages.reporting.inputs import ReportInputs, read_json
 from stages.reporting.markdown import Section, esc, figure_lines
-from stages.reporting.sections import mistakes
+from stages.reporting.sections import mistakes, segment_overlays
 
 MOST_COMMON = 5
 
 
 def render(inputs: ReportInputs) -> Section:
     section = Section("Errors")
+    if inputs.task == "segment":
+        section.lines += pixel_confusion(inputs)
+        section.lines += segment_overlays.lines(inputs)
+        return section
     confusion_rows = inputs.plot_rows("confusion.json")
     if confusion_rows:
         section.lines += confusion(inputs, confusion_rows)
@@ -41,6 +46,28 @@ def confusion(inputs: ReportInputs, rows: list[dict[str, Any]]) -> list[str]:
     common = most_common_confusions(matrix, labels)
     if common:
         pairs = "; ".join(f"{esc(a)} as {esc(b)} ({n})" for n, a, b in common)
+        lines += [f"Most frequent confusions: {pairs}.", ""]
+    return lines
+
+
+def pixel_confusion(inputs: ReportInputs) -> list[str]:
+    """Segmentation: the confusion of every scored pixel (``plots/pixel_confusion.json``)."""
+    found = read_json(inputs.layout.plots_dir / "pixel_confusion.json", {})
+    if not isinstance(found, dict) or not found.get("classes"):
+        return []
+    labels = [str(c) for c in found["classes"]]
+    matrix = np.asarray(found["matrix"], dtype=np.int64)
+    lines = [
+        "Confusion matrix of pixels (rows: true class, columns: predicted; each cell the per cent of "
+        "the row's pixels; pixels marked ignore are not scored):",
+        "",
+    ]
+    drawn = figures.confusion(matrix, labels, labels, inputs.fig_path("confusion_matrix.png"), as_share=True)
+    lines += figure_lines([(drawn, "pixel confusion matrix")], inputs.here)
+    common = most_common_confusions(matrix, labels)
+    if common:
+        total = max(int(matrix.sum()), 1)
+        pairs = "; ".join(f"{esc(a)} as {esc(b)} ({n / total:.1%} of pixels)" for n, a, b in common)
         lines += [f"Most frequent confusions: {pairs}.", ""]
     return lines
 

@@ -23,6 +23,11 @@ MEANING = {
     "map50_95": "mean average precision over IoU 0.50:0.95 (COCO)",
     "precision": "share of predicted boxes that match a true box",
     "recall": "share of true boxes that are found",
+    "miou": "intersection over union of predicted and true pixels per class, mean over classes",
+    "dice_macro": "Dice (pixel F1): twice the overlap over both areas per class, mean over classes",
+    "pixel_accuracy": "share of scored pixels whose predicted class is right",
+    "mean_accuracy": "share of each class's pixels found (pixel recall), mean over classes",
+    "fw_iou": "IoU per class weighted by the class's share of the true pixels",
 }
 WIDE = 0.1  # an interval wider than this gets a sentence on the split's size
 
@@ -60,7 +65,7 @@ def render(inputs: ReportInputs) -> Section:
             exact={main: exact} if main and exact else None,
         )
         lines += figure_lines([(drawn, "headline metrics with intervals")], inputs.here)
-    if inputs.task != "detect" and not any(n.startswith("top") for n in names):
+    if inputs.task == "classify" and not any(n.startswith("top") for n in names):
         lines += [f"Top-{evaluate.top_k} accuracy is not listed: with this few classes it is 1.", ""]
     return section
 

@@ -25,12 +25,22 @@ TRAIN_KEYS = (
 )
 
 
+# Classifier settings a segmenter does not use (its input size is train.segmenter.image_size).
+SEGMENT_UNUSED = frozenset({"image_size", "lp_epochs", "label_smoothing", "aug_views"})
+
+
 def model_phrase(params: Params, task: str) -> str:
     """The model in one phrase, for the page's opening sentence."""
     train = params.train
     detector = getattr(train, "detector", None)
     if task == "detect" and detector is not None:
         return f"YOLO detector fine-tuned from {code(detector.weights)} weights"
+    segmenter = getattr(train, "segmenter", None)
+    if task == "segment" and segmenter is not None:
+        return (
+            f"Segmenter ({code(segmenter.decoder)} decoder) fine-tuned from {code(train.backbone)} "
+            f"({esc(train.weights)} weights, strategy {code(train.strategy)})"
+        )
     return (
         f"Classifier fine-tuned from {code(train.backbone)} ({esc(train.weights)} weights, "
         f"strategy {code(train.strategy)})"
@@ -39,7 +49,8 @@ def model_phrase(params: Params, task: str) -> str:
 
 def parameter_rows(params: Params, task: str) -> list[str]:
     """``| train.<key> | value |`` rows: the detector's settings, or the classifier's ``TRAIN_KEYS``
-    (``lp_epochs`` only for ``lp_ft``, where it is used)."""
+    (``lp_epochs`` only for ``lp_ft``, where it is used), for a segmenter with its
+    ``train.segmenter`` settings."""
     detector = getattr(params.train, "detector", None)
     if task == "detect" and detector is not None:
         return [
@@ -48,13 +59,18 @@ def parameter_rows(params: Params, task: str) -> list[str]:
             if value is not None and value != {}
         ]
     train = params.train.model_dump()
-    return [
+    rows = [
         f"| train.{key} | {esc(train[key])} |"
         for key in TRAIN_KEYS
         if key in train
         and train[key] is not None
         and not (key == "lp_epochs" and params.train.strategy != "lp_ft")
+        and not (key in SEGMENT_UNUSED and task == "segment")
     ]
+    segmenter = train.get("segmenter")
+    if task == "segment" and isinstance(segmenter, dict):
+        rows += [f"| train.segmenter.{key} | {esc(value)} |" for key, value in segmenter.items()]
+    return rows
 
 
 def render(inputs: ReportInputs) -> Section:

@@ -17,6 +17,8 @@ def render(inputs: ReportInputs) -> Section:
         return section
     if inputs.task == "detect":
         table, metrics, key = detection_table(rows), ("ap50", "ap50_95", "recall"), "ap50_95"
+    elif inputs.task == "segment":
+        table, metrics, key = segmentation_table(rows), ("iou", "dice"), "iou"
     else:
         table, metrics, key = classification_table(rows), ("precision", "recall", "f1"), "f1"
     section.lines += table
@@ -42,6 +44,22 @@ def detection_table(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def segmentation_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Pixels of each class: IoU and Dice with their intervals, precision and recall."""
+    return [
+        "| class | true pixels | images | IoU | Dice | precision | recall |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {esc(r['class'])} | {r.get('pixels', '')} | {r.get('images', '')} | {with_ci(r, 'iou')} "
+            f"| {with_ci(r, 'dice')} | {with_ci(r, 'precision')} | {with_ci(r, 'recall')} |"
+            for r in rows
+        ),
+        "",
+        "In brackets: bootstrap intervals over test images. n/a: the class is neither true nor "
+        "predicted anywhere in the split (its IoU is undefined and left out of the mIoU).",
+    ]
+
+
 def classification_table(rows: list[dict[str, Any]]) -> list[str]:
     return [
         "| class | images | precision | recall | F1 | ROC-AUC | PR-AUC |",
@@ -58,7 +76,7 @@ def classification_table(rows: list[dict[str, Any]]) -> list[str]:
 def weakest_class(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     """The class lowest on ``key`` among classes with a score and support; None when fewer than two
     are scored or all score the same (no class stands out)."""
-    scored = [r for r in rows if r.get(key) is not None and r.get("support", 1)]
+    scored = [r for r in rows if r.get(key) is not None and r.get("support", r.get("pixels", 1))]
     if len(scored) > 1 and len({r[key] for r in scored}) > 1:
         return min(scored, key=lambda r: r[key])
     return None
