@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         records = predict_files(
             predictor, files, args.batch, {"conf": args.conf, "iou": args.iou}, args.save_images
         )
-        if predictor.info.task == "classify" and (args.conf is not None or args.iou is not None):
-            raise UserError("--conf and --iou apply to a detector; this model is a classifier.")
+        if predictor.info.task != "detect" and (args.conf is not None or args.iou is not None):
+            kind = "classifier" if predictor.info.task == "classify" else "segmentation model"
+            raise UserError(f"--conf and --iou apply to a detector; this model is a {kind}.")
         rows, errors = write_records(records, args.out, predictor.info.task)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -67,10 +67,10 @@ def write_policy(params: Params) -> None:
 
 
 def drop_checkpoint(params: Params) -> None:
-    """Remove a run's ``classifier.pt`` / ``detector.pt`` (its metrics and curves stay)."""
+    """Remove a run's ``classifier.pt`` / ``detector.pt`` / ``segmenter.pt`` (its metrics and curves stay)."""
     layout = Layout(params.paths)
-    layout.classifier.unlink(missing_ok=True)
-    layout.detector.unlink(missing_ok=True)
+    for checkpoint in (layout.classifier, layout.detector, layout.segmenter):
+        checkpoint.unlink(missing_ok=True)
 
 
 def clean_dir(path: Path) -> None:

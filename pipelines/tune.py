@@ -141,6 +141,11 @@ def suggest(trial: optuna.Trial, cfg: TuneSection, base: Params) -> dict[str, An
 def check_task(cfg: TuneSection, params: Params) -> None:
     """The metric must exist for the task; a detector's lr only counts with an explicit optimizer."""
     task = params.data.task
+    if task not in TASK_METRICS:
+        raise UserError(
+            f"the search tunes classifiers and detectors; data.task {task} has no search yet: set "
+            "train.* by hand (docs/segmentation.md lists what the facade benchmark found)."
+        )
     if cfg.metric not in TASK_METRICS[task]:
         raise UserError(
             f"tune.metric {cfg.metric} does not exist for data.task {task}; use one of {TASK_METRICS[task]}."

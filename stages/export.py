@@ -25,6 +25,11 @@ class ExportResult:
         r = self.report
         if r["task"] == "classify":
             parity = f"max |dp| {r['max_abs_diff']:.2e}, top-1 agreement {r['top1_agreement']:.3f}"
+        elif r["task"] == "segment":
+            parity = (
+                f"mIoU {r['miou_onnx']:.4f} (PyTorch {r['miou_pytorch']:.4f}), "
+                f"pixel agreement {r['pixel_agreement']:.4f}"
+            )
         else:
             parity = f"mAP50-95 {r['map50_95_onnx']:.3f} (PyTorch {r['map50_95_pytorch']:.3f})"
         return f"{r['onnx']}: {parity} on {r['images']} {r['split']} images"

@@ -164,6 +164,9 @@ def per_class_lines(params: Params, rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, "", "In brackets: bootstrap intervals over test images.", ""]
 
 
+INT8_CHANGES = (("accuracy_change", "accuracy"), ("map50_95_change", "mAP50-95"), ("miou_change", "mIoU"))
+
+
 def export_lines(report: dict[str, Any] | None) -> list[str]:
     if not report:
         return ["The export stage has not run: no ONNX model, no parity check.", ""]
@@ -189,9 +192,13 @@ def export_lines(report: dict[str, Any] | None) -> list[str]:
         )
     int8 = report.get("int8")
     if int8:
-        change = int8.get("accuracy_change", int8.get("map50_95_change"))
-        what = "accuracy" if "accuracy_change" in int8 else "mAP50-95"
-        lines.append(f"INT8 model: {what} change {change:+.3f}.")
+        what, change = next(
+            ((name, int8[key]) for key, name in INT8_CHANGES if isinstance(int8.get(key), int | float)),
+            ("metric", None),
+        )
+        lines.append(
+            f"INT8 model: {what} change {change:+.3f}." if change is not None else "INT8 model written."
+        )
     return [" ".join(lines), ""]
 
 

@@ -38,7 +38,9 @@ def model_card(predictor: Predictor, max_request_bytes: int, source: str) -> dic
         "preprocessing": info.preprocessing,
         "thresholds": {"conf": info.conf, "iou": info.iou, "max_det": info.max_det}
         if info.task == "detect"
-        else {"top_k": info.top_k},
+        else {"top_k": info.top_k}
+        if info.task == "classify"
+        else {},
         "limits": {"max_request_bytes": max_request_bytes, "max_pixels": info.max_pixels},
         "metrics": provenance.pop("metrics", {}),
         "code_digest": provenance.pop("code_digest", None),
@@ -114,8 +116,9 @@ def create_app(predictor: Predictor, max_request_bytes: int, source: str = "mode
         for key, value in (("conf", conf), ("iou", iou)):
             if value is not None and not 0 <= value <= 1:
                 return _error(422, f"The query parameter {key} must be between 0 and 1.")
-        if predictor.info.task == "classify" and (conf is not None or iou is not None):
-            return _error(422, "conf and iou apply to a detector; this model is a classifier.")
+        if predictor.info.task != "detect" and (conf is not None or iou is not None):
+            kind = "classifier" if predictor.info.task == "classify" else "segmentation model"
+            return _error(422, f"conf and iou apply to a detector; this model is a {kind}.")
         try:
             image = await anyio.to_thread.run_sync(load_bytes, data, predictor.info.max_pixels, name)
         except TooManyPixels as exc:

@@ -6,7 +6,9 @@ model's own metadata (``stages.serving.preprocess``, no timm), and compares:
 - classify: with the PyTorch probabilities computed as evaluate computes them
   (``stages.engine.inference.predict``): largest absolute difference, top-1 agreement, accuracy;
 - detect: its mAP (same COCO matching as evaluate, confidence 0.001, NMS IoU 0.7) with the
-  mAP evaluate wrote in ``metrics.json``.
+  mAP evaluate wrote in ``metrics.json``;
+- segment: its mIoU on the same images and truth masks with the mIoU evaluate wrote, and the
+  share of pixels whose class matches PyTorch's (``predict_masks`` on the CPU).
 
 The INT8 model is measured the same way; its change is recorded, not gated.
 """
@@ -24,11 +26,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.core.contracts import read_parquet
+from stages.core.contracts import read_classes, read_parquet
 from stages.core.errors import DataError, UserError
 from stages.core.layout import Layout
 from stages.core.params import Params
 from stages.dataprep.imaging import load_rgb
+from stages.dataprep.segment_preprocess import segment_input
 from stages.serving.metadata import ModelInfo, params_digest, write_metadata
 from stages.serving.onnx_predictor import OnnxPredictor
 from stages.serving.preprocess import classify_array, letterbox
@@ -73,6 +76,14 @@ def model_info(params: Params, task: str, meta: dict, metrics: dict) -> ModelInf
         "backbone": meta.get("backbone"),
         "metrics": headline_with_intervals(metrics),
     }
+    if task == "segment":
+        return ModelInfo(
+            task="segment",
+            classes=list(meta["classes"]),
+            preprocessing={k: meta["preprocessing"][k] for k in ("input_size", "mean", "std")},
+            max_pixels=params.validate_.max_pixels,
+            provenance=provenance,
+        )
     if task == "classify":
         return ModelInfo(
             task="classify",
@@ -110,6 +121,15 @@ def export(params: Params) -> dict[str, Any]:
             raise UserError(f"{layout.classifier} not found; run the train stage first.")
         meta = export_classifier(layout.classifier, files.onnx, params.export.opset)
         exporter = "torch.onnx.export(dynamo=True)"
+    elif task == "segment":
+        from stages.serving.segmenter_export import export_segmenter
+
+        if not layout.segmenter.is_file():
+            raise UserError(
+                f"{layout.segmenter} not found; run the train stage with data.task: segment first."
+            )
+        meta = export_segmenter(layout.segmenter, files.onnx, params.export.opset)
+        exporter = "torch.onnx.export(dynamo=True)"
     else:
         from stages.engine.yolo.serving import export_onnx
 
@@ -144,6 +164,8 @@ def export(params: Params) -> dict[str, Any]:
     }
     if task == "classify":
         report |= classify_parity(params, layout, rows, images, onnx_model)
+    elif task == "segment":
+        report |= segment_parity(params, layout, rows, images, onnx_model, metrics)
     else:
         report |= detect_parity(params, layout, rows, images, onnx_model, metrics)
 
@@ -163,6 +185,9 @@ def export(params: Params) -> dict[str, Any]:
         }
         if task == "classify":
             report["int8"] |= classify_int8(rows, images, int8_model, info, report)
+        elif task == "segment":
+            found = _onnx_miou(params, layout, rows, images, int8_model)
+            report["int8"] |= {"miou": found, "miou_change": found - report["miou_onnx"]}
         else:
             report["int8"] |= detect_int8(params, layout, rows, images, int8_model, report)
         log.info("phase int8: %s (%.1f s)", files.int8, time.perf_counter() - phase)
@@ -260,6 +285,65 @@ def detect_int8(
     }
 
 
+# --- segmentation --------------------------------------------------------------------------------
+
+
+def _onnx_masks(model: OnnxPredictor, images: list) -> list[np.ndarray]:
+    return [mask for i in range(0, len(images), BATCH) for mask in model.masks(images[i : i + BATCH])]
+
+
+def _miou(
+    params: Params, layout: Layout, rows: pd.DataFrame, masks: list[np.ndarray], classes: list[str]
+) -> float:
+    """The mIoU of ``masks`` against the truth evaluate scored them with (same masks, same metric)."""
+    from stages.dataprep.semantic_masks import MaskStore
+    from stages.metrics import segmentation
+
+    store = MaskStore(
+        layout.mask_cache,
+        read_parquet(layout.shapes),
+        read_classes(layout.classes),
+        params.train.segmenter.draw_order,
+    )
+    keys = zip(rows["image_id"], rows["sha256"], rows["height"], rows["width"], strict=True)
+    confusions = np.stack(
+        [
+            segmentation.confusion(store.mask(str(i), str(s), int(h), int(w)), mask, len(classes))
+            for (i, s, h, w), mask in zip(keys, masks, strict=True)
+        ]
+    )
+    return float(segmentation.headline_values(confusions.sum(axis=0))["miou"])
+
+
+def _onnx_miou(
+    params: Params, layout: Layout, rows: pd.DataFrame, images: list, model: OnnxPredictor
+) -> float:
+    return _miou(params, layout, rows, _onnx_masks(model, images), model.info.classes)
+
+
+def segment_parity(
+    params: Params, layout: Layout, rows: pd.DataFrame, images: list, model: OnnxPredictor, metrics: dict
+) -> dict:
+    import torch
+
+    from stages.engine.segmentation.inference import predict_masks
+    from stages.models.segmenters import load_segmenter
+
+    network, meta = load_segmenter(layout.segmenter)
+    files = [params.data.source / p for p in rows["path"]]
+    reference = list(predict_masks(network, meta, files, torch.device("cpu"), BATCH))
+    onnx = _onnx_masks(model, images)
+    same = sum(int((a == b).sum()) for a, b in zip(onnx, reference, strict=True))
+    pixels = sum(a.size for a in onnx)
+    miou_onnx = _miou(params, layout, rows, onnx, model.info.classes)
+    return {
+        "miou_pytorch": float(metrics["miou"]),
+        "miou_onnx": miou_onnx,
+        "miou_drop": float(metrics["miou"]) - miou_onnx,
+        "pixel_agreement": same / max(pixels, 1),
+    }
+
+
 # --- shared --------------------------------------------------------------------------------------
 
 
@@ -271,6 +355,9 @@ def calibration_arrays(params: Params, layout: Layout, info: ModelInfo) -> list[
         image = load_rgb(params.data.source / path)
         if info.task == "classify":
             arrays.append(classify_array(image, info.classify_preprocessing()))
+        elif info.task == "segment":
+            spec = info.segment_preprocessing()
+            arrays.append(segment_input(np.asarray(image), spec.input_size, spec.mean, spec.std))
         else:
             arrays.append(letterbox(np.asarray(image), info.detect_preprocessing())[0])
     return arrays
@@ -286,6 +373,9 @@ def parity_failures(report: dict, params: Params) -> list[str]:
             )
         if report["top1_agreement"] < limits.min_top1_agreement:
             failures.append(f"top-1 agreement {report['top1_agreement']:.3f} < {limits.min_top1_agreement}")
+    elif report["task"] == "segment":
+        if report["miou_drop"] > limits.max_miou_drop:
+            failures.append(f"mIoU drop {report['miou_drop']:.4f} > {limits.max_miou_drop}")
     elif report["map50_95_drop"] > limits.max_map_drop:
         failures.append(f"mAP50-95 drop {report['map50_95_drop']:.4f} > {limits.max_map_drop}")
     return failures

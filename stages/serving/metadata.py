@@ -40,8 +40,18 @@ class DetectPreprocessing:
 
 
 @dataclass(frozen=True)
+class SegmentPreprocessing:
+    """Resize to ``input_size`` x ``input_size`` (PIL bilinear), scale to [0, 1], normalise; the class
+    map comes back at that size and is resized to the image's (nearest): ``segment_preprocess``."""
+
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
-    task: Literal["classify", "detect"]
+    task: Literal["classify", "detect", "segment"]
     classes: list[str]
     preprocessing: dict[str, Any]
     conf: float = 0.25  # detect: the boxes reported
@@ -64,6 +74,10 @@ class ModelInfo:
 
     def detect_preprocessing(self) -> DetectPreprocessing:
         return DetectPreprocessing(int(self.preprocessing["image_size"]))
+
+    def segment_preprocessing(self) -> SegmentPreprocessing:
+        p = self.preprocessing
+        return SegmentPreprocessing(int(p["input_size"]), tuple(p["mean"]), tuple(p["std"]))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from stages.core.errors import UserError
+from stages.dataprep.segment_preprocess import restore_mask, segment_input
 from stages.serving.metadata import ModelInfo, read_metadata
 from stages.serving.preprocess import classify_array, letterbox, nms, unletterbox
 
@@ -73,9 +74,21 @@ class OnnxPredictor:
             )
         return results
 
+    def masks(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """segment: per image its class map (uint8, the image's own size): argmax at the model's
+        input size, resized back with nearest neighbour, as evaluate scores it."""
+        spec = self.info.segment_preprocessing()
+        batch = np.stack(
+            [segment_input(np.asarray(im), spec.input_size, spec.mean, spec.std) for im in images]
+        )
+        classes = self.run(batch).argmax(axis=1).astype(np.uint8)
+        return [restore_mask(c, im.height, im.width) for c, im in zip(classes, images, strict=True)]
+
     def predict(self, images: list[Image.Image], **thresholds: Any) -> list[dict[str, Any]]:
-        from stages.serving.rows import classify_result, detect_result
+        from stages.serving.rows import classify_result, detect_result, segment_result
 
         if self.info.task == "classify":
             return [classify_result(p, self.info) for p in self.probabilities(images)]
+        if self.info.task == "segment":
+            return [segment_result(m, self.info) for m in self.masks(images)]
         return [detect_result(b, self.info) for b in self.boxes(images, **thresholds)]

@@ -21,6 +21,8 @@ class Predictor(Protocol):
         self, images: list[Image.Image], conf: float | None = None, iou: float | None = None
     ) -> list[dict[str, np.ndarray]]: ...
 
+    def masks(self, images: list[Image.Image]) -> list[np.ndarray]: ...
+
 
 def load_predictor(path: Path, threads: int | None = None) -> Predictor:
     suffix = path.suffix.lower()

@@ -35,6 +35,26 @@ def detect_result(found: dict[str, np.ndarray], info: ModelInfo) -> dict[str, An
     return {"boxes": boxes, "count": len(boxes)}
 
 
+def segment_result(mask: np.ndarray, info: ModelInfo) -> dict[str, Any]:
+    """The class map as one region per class present: its pixel count, share of the image, and
+    COCO compressed RLE (``pycocotools.mask.decode({"size": [height, width], "counts": rle})``)."""
+    from stages.dataprep.shapes import rle_encode
+
+    height, width = mask.shape
+    counts = np.bincount(mask.reshape(-1), minlength=len(info.classes))
+    regions = [
+        {
+            "class": info.classes[index],
+            "pixels": int(counts[index]),
+            "fraction": round(float(counts[index]) / mask.size, 6),
+            "rle": rle_encode(mask == index),
+        }
+        for index in np.flatnonzero(counts)
+        if index < len(info.classes)
+    ]
+    return {"width": int(width), "height": int(height), "regions": regions}
+
+
 def csv_row(source: str, result: dict[str, Any] | None, error: str | None, task: str) -> dict[str, Any]:
     """Flat columns: classify keeps class/probability/top-k; detect keeps the boxes as JSON text."""
     row: dict[str, Any] = {"file": source, "error": error or ""}
@@ -42,6 +62,9 @@ def csv_row(source: str, result: dict[str, Any] | None, error: str | None, task:
         row["class"] = result["class"] if result else ""
         row["probability"] = result["probability"] if result else ""
         row["top_k"] = json.dumps(result["top_k"]) if result else ""
+    elif task == "segment":
+        shares = {r["class"]: r["fraction"] for r in result["regions"]} if result else {}
+        row["classes"] = json.dumps(shares) if result else ""
     else:
         row["count"] = result["count"] if result else ""
         row["boxes"] = json.dumps(result["boxes"]) if result else ""

@@ -1,4 +1,4 @@
-"""Prediction from the PyTorch checkpoints (``models/classifier.pt``, ``models/detector.pt``).
+"""Prediction from the PyTorch checkpoints (``models/classifier.pt``, ``detector.pt``, ``segmenter.pt``).
 
 The classifier runs exactly as the evaluate stage runs it: the checkpoint's own timm transform,
 ``inference_network`` / ``inference_batch`` (channels_last), softmax in float32. The detector
@@ -30,7 +30,21 @@ class TorchPredictor:
         # One call at a time: ``inference_network`` switches the weights' memory layout in and out,
         # and ultralytics' predictor keeps per-call state (the service calls from a thread pool).
         self._lock = threading.Lock()
-        if is_detector(path):
+        self.model: Any  # a Backbone (classify), an ultralytics model (detect) or an smp network (segment)
+        self.meta: dict[str, Any] = {}
+        task = checkpoint_task(path)
+        if task == "segment":
+            from stages.models.segmenters import load_segmenter
+
+            self.model, meta = load_segmenter(path)
+            self.meta = meta
+            self.info = ModelInfo(
+                task="segment",
+                classes=list(meta["classes"]),
+                preprocessing={k: meta["preprocessing"][k] for k in ("input_size", "mean", "std")},
+                provenance={k: meta[k] for k in ("code_digest", "backbone", "weights_id") if k in meta},
+            )
+        elif task == "detect":
             from stages.engine.yolo.serving import load_for_serving
 
             self.model, meta = load_for_serving(path)
@@ -75,19 +89,34 @@ class TorchPredictor:
             self.info.max_det,
         )
 
+    @torch.inference_mode()
+    def masks(self, images: list[Image.Image]) -> list[np.ndarray]:
+        """segment: the class maps evaluate scores (``predict_masks``), from images in memory."""
+        from stages.engine.segmentation.inference import predict_arrays
+
+        return predict_arrays(self.model, self.meta, [np.asarray(im) for im in images], self.device)
+
     def predict(self, images: list[Image.Image], **thresholds: Any) -> list[dict[str, Any]]:
-        from stages.serving.rows import classify_result, detect_result
+        from stages.serving.rows import classify_result, detect_result, segment_result
 
         with self._lock:
+            if self.info.task == "segment":
+                return [segment_result(m, self.info) for m in self.masks(images)]
             if self.info.task == "classify":
                 return [classify_result(p, self.info) for p in self.probabilities(images)]
             return [detect_result(b, self.info) for b in self.boxes(images, **thresholds)]
 
 
-def is_detector(path: Path) -> bool:
-    """Our classifier checkpoint is tensors + JSON and loads with ``weights_only``; a detector does not."""
+def checkpoint_task(path: Path) -> str:
+    """Our classifier and segmenter checkpoints are tensors + JSON meta and load with ``weights_only``
+    (the meta names the task); a detector does not."""
+    import json
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # pickled ultralytics classes: not loadable without code, so not ours
-        return True
-    return not (isinstance(payload, dict) and "state_dict" in payload and "meta" in payload)
+        return "detect"
+    if not (isinstance(payload, dict) and "state_dict" in payload and "meta" in payload):
+        return "detect"
+    meta = json.loads(payload["meta"]) if isinstance(payload["meta"], str) else payload["meta"]
+    return str(meta.get("task", "classify"))

@@ -24,6 +24,12 @@ class ParitySection(Section):
         ge=0,
         description="detect: largest mAP50-95 drop of the ONNX model below PyTorch's allowed.",
     )
+    max_miou_drop: float = Field(
+        default=0.001,
+        ge=0,
+        description="segment: largest mIoU drop of the ONNX model below PyTorch's (same images, same "
+        "preprocessing) allowed.",
+    )
 
 
 class ExportSection(Section):
