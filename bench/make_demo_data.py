@@ -1,12 +1,14 @@
 """Build the small demo datasets under ``data/demo/`` from the shared public sources.
 
-Why this script exists: the repository ships a tiny classification set (ants vs bees) and a
-tiny detection set (raccoons, Pascal VOC) so that the pipeline, its tests and its tutorials
-run without downloading anything. Those files are derived data, so they must be
+Why this script exists: the repository ships a tiny classification set (ants vs bees), a
+tiny detection set (raccoons, Pascal VOC) and a tiny semantic segmentation set (building
+facades, Roboflow COCO polygons) so that the pipeline, its tests and its tutorials run
+without downloading anything. Those files are derived data, so they must be
 regenerable from the public sources they come from. This script is that recipe: it picks
 the images deterministically (sorted paths, evenly spaced picks, no randomness), downscales
-and re-encodes them, rescales the VOC boxes, and writes ``README.md`` (provenance, licences,
-counts) and ``sources.csv`` (one row per output file with the sha256 of its source file).
+and re-encodes them, rescales the VOC boxes and the COCO polygons, and writes ``README.md``
+(provenance, licences, counts) and ``sources.csv`` (one row per output file with the sha256
+of its source file).
 Run it again with the same Pillow build and it writes the same bytes.
 
 Usage (from the repository root)::
@@ -20,11 +22,13 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import re
 import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import defusedxml.ElementTree as DET
 from PIL import Image, ImageOps
@@ -38,11 +42,20 @@ DETECT_IMAGES = 40
 DETECT_LONG_SIDE = 320  # px
 DETECT_CLASS = "raccoon"
 VOC_CORNERS = ("xmin", "ymin", "xmax", "ymax")
+SEGMENT_TWIN_PHOTOS = 12  # photos kept with both their _scaled_0 and _scaled_1 images
+SEGMENT_SINGLE_PHOTOS = 16  # photos the vendor ships as one image
+SEGMENT_LONG_SIDE = 256  # px
+SEGMENT_SPLITS = ("train", "valid", "test")  # the vendor's folders, pooled
+COCO_FILE = "_annotations.coco.json"
+# The photo a Roboflow file name comes from: X_scaled_0_png_jpg.rf.<hash>.jpg and X_scaled_1_... -> X.
+# The same pattern, as split.groups.pattern, keeps both halves of a photo on one side of the split.
+TWIN_PATTERN = r"(?P<group>[^/]+)_scaled_\d+_"
 JPEG_QUALITY = 85
 PHOTO_SUFFIXES = {".jpg", ".jpeg"}
 KNOWN_PLACEHOLDERS = {"imageNotFound.gif"}  # Flickr "image not found" page, not a photo
 
 # Provenance, copied from the shared READMEs (shared/datasets/*/README.md).
+FACADE_REPO = "a-hwang/building-facade-segmentation"
 HYMENOPTERA_REPO = "zhangtao7750/syn"
 HYMENOPTERA_COMMIT = "f0503091488f67b6809a6da2eaa43c25f2f277fc"
 RACCOON_REPO = "datitran/raccoon_dataset"
@@ -57,6 +70,9 @@ class Report:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     candidates: dict[str, int] = field(default_factory=dict)
     n_boxes: int = 0
+    n_shapes: int = 0  # segment: COCO annotations (polygons) kept
+    twin_photos: int = 0  # segment: photos kept with both halves
+    seg_classes: dict[str, int] = field(default_factory=dict)  # segment: annotations per class
 
 
 def sha256_of(path: Path) -> str:
@@ -109,7 +125,7 @@ def shrink(im: Image.Image, long_side: int) -> Image.Image:
     scale = long_side / max(w, h)
     if scale < 1:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        im = im.resize(size, Image.LANCZOS)
+        im = im.resize(size, Image.Resampling.LANCZOS)
     return im
 
 
@@ -173,6 +189,14 @@ def make_classify(src: Path, out: Path, quality: int, report: Report) -> None:
             )
 
 
+def voc_root(path: Path) -> ET.Element:
+    """The ``<annotation>`` element of a VOC XML file."""
+    root = DET.parse(path).getroot()
+    if root is None:
+        raise SystemExit(f"{path}: empty XML")
+    return root
+
+
 def read_box(obj: ET.Element) -> tuple[float, float, float, float]:
     """Return the ``<bndbox>`` corners of a VOC ``<object>`` as floats."""
     xmin, ymin, xmax, ymax = (float(obj.findtext(f"bndbox/{k}", "nan")) for k in VOC_CORNERS)
@@ -234,7 +258,7 @@ def make_detect(src: Path, out: Path, quality: int, report: Report) -> None:
         digest = check_source(path, src, manifest)
         xml_path = src / "annotations" / f"{path.stem}.xml"
         check_source(xml_path, src, manifest)
-        ann = DET.parse(xml_path).getroot()
+        ann = voc_root(xml_path)
         with Image.open(path) as im:
             if im.getexif().get(0x0112, 1) != 1:
                 raise SystemExit(f"{path}: EXIF rotation makes the VOC boxes ambiguous")
@@ -274,6 +298,152 @@ def make_detect(src: Path, out: Path, quality: int, report: Report) -> None:
     shutil.copyfile(src / "LICENSE", out / "detect" / "LICENSE")
 
 
+def photo_of(name: str) -> str:
+    """The photo a Roboflow file name belongs to (``TWIN_PATTERN``); the name itself without it."""
+    match = re.search(TWIN_PATTERN, name)
+    return match.group("group") if match else name
+
+
+def scale_points(points: list[float], sx: float, sy: float, w: int, h: int) -> list[float]:
+    """Scale a flat COCO polygon ``[x1, y1, x2, y2, ...]`` and clip it to the image, 3 decimals."""
+    out: list[float] = []
+    for i, v in enumerate(points):
+        scale, limit = (sx, w) if i % 2 == 0 else (sy, h)
+        out.append(round(min(max(v * scale, 0.0), float(limit)), 3))
+    return out
+
+
+def make_segment(src: Path, out: Path, quality: int, report: Report) -> None:
+    """Write ``out/segment/`` (images + one pooled ``_annotations.coco.json``) from facade_seg.
+
+    Whole photos are picked, both halves of a photo that has two: the demo then shows what
+    ``split.groups`` with ``TWIN_PATTERN`` does (keep them on one side), and the vendor's
+    train/valid/test folders are pooled so the split stage makes the split.
+    """
+    manifest = load_manifest(src)
+    docs = {name: json.loads((src / name / COCO_FILE).read_text()) for name in SEGMENT_SPLITS}
+    for name in SEGMENT_SPLITS:
+        check_source(src / name / COCO_FILE, src, manifest)
+    categories = docs[SEGMENT_SPLITS[0]]["categories"]
+    if any(doc["categories"] != categories for doc in docs.values()):
+        raise SystemExit(f"{src}: the splits' COCO files list different categories")
+    names = {c["id"]: c["name"] for c in categories}
+    photos: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, doc in docs.items():
+        for image in doc["images"]:
+            photos.setdefault(photo_of(image["file_name"]), []).append((name, image))
+    keys = sorted(photos)
+    twins = [k for k in keys if len(photos[k]) == 2]
+    singles = [k for k in keys if len(photos[k]) == 1]
+    report.candidates["segment"] = sum(len(v) for v in photos.values())
+    report.candidates["segment/photos"] = len(keys)
+    report.candidates["segment/twins"] = len(twins)
+    report.candidates["segment/twins_split"] = sum(len({s for s, _ in photos[k]}) > 1 for k in twins)
+    chosen = sorted(
+        [*evenly_spaced_keys(twins, SEGMENT_TWIN_PHOTOS), *evenly_spaced_keys(singles, SEGMENT_SINGLE_PHOTOS)]
+    )
+    report.twin_photos = SEGMENT_TWIN_PHOTOS
+    dest = out / "segment"
+    dest.mkdir(parents=True)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    entries = sorted((e for k in chosen for e in photos[k]), key=lambda e: e[1]["file_name"])
+    for split_name, image in entries:
+        path = src / split_name / image["file_name"]
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+\.jpg", path.name):
+            raise SystemExit(f"{path}: unexpected characters in the file name (it is kept as it is)")
+        digest = check_source(path, src, manifest)
+        with Image.open(path) as im:
+            if im.getexif().get(0x0112, 1) != 1:
+                raise SystemExit(f"{path}: EXIF rotation makes the COCO polygons ambiguous")
+            orig = im.size
+            small = shrink(im, SEGMENT_LONG_SIDE)
+        if (image["width"], image["height"]) != orig:
+            raise SystemExit(f"{path}: COCO size {image['width']}x{image['height']} != image {orig}")
+        sx, sy = small.width / orig[0], small.height / orig[1]
+        save_jpeg(small, dest / path.name, quality)
+        new_id = len(images)
+        images.append(
+            {**image, "id": new_id, "width": small.width, "height": small.height}  # keeps license, date
+        )
+        kept = [a for a in docs[split_name]["annotations"] if a["image_id"] == image["id"]]
+        for ann in kept:
+            x, y, w, h = ann["bbox"]
+            x0, y0 = scale_points([x, y], sx, sy, small.width, small.height)
+            x1, y1 = scale_points([x + w, y + h], sx, sy, small.width, small.height)
+            annotations.append(
+                {
+                    **ann,
+                    "id": len(annotations),
+                    "image_id": new_id,
+                    "bbox": [x0, y0, round(x1 - x0, 3), round(y1 - y0, 3)],
+                    "area": round(ann["area"] * sx * sy, 3),
+                    "segmentation": [
+                        scale_points(part, sx, sy, small.width, small.height) for part in ann["segmentation"]
+                    ],
+                }
+            )
+            cls = names[ann["category_id"]]
+            report.seg_classes[cls] = report.seg_classes.get(cls, 0) + 1
+        report.n_shapes += len(kept)
+        report.rows.append(
+            {
+                "output": f"segment/{path.name}",
+                "source": f"facade_seg/{split_name}/{path.name}",
+                "source_sha256": digest,
+                "source_size": f"{orig[0]}x{orig[1]}",
+                "output_size": f"{small.width}x{small.height}",
+                "boxes": str(len(kept)),
+            }
+        )
+    first = docs[SEGMENT_SPLITS[0]]
+    doc = {
+        "info": first["info"],
+        "licenses": first["licenses"],
+        "categories": categories,  # category 0 (Roboflow's unused parent 'facade') kept as exported
+        "images": images,
+        "annotations": annotations,
+    }
+    (dest / COCO_FILE).write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+
+
+def evenly_spaced_keys(keys: list[str], k: int) -> list[str]:
+    """``evenly_spaced`` for strings (photo keys)."""
+    n = len(keys)
+    if n < k:
+        raise SystemExit(f"need {k} photos, only {n} available")
+    return [keys[i * n // k] for i in range(k)]
+
+
+def verify_segment(out: Path) -> None:
+    """Check the pooled COCO file: every image present at its size, every polygon inside it."""
+    folder = out / "segment"
+    doc = json.loads((folder / COCO_FILE).read_text())
+    sizes: dict[int, tuple[int, int]] = {}
+    for image in doc["images"]:
+        with Image.open(folder / image["file_name"]) as im:
+            if im.size != (image["width"], image["height"]):
+                raise SystemExit(f"{image['file_name']}: COCO size does not match the image")
+            sizes[image["id"]] = im.size
+    listed = {image["file_name"] for image in doc["images"]}
+    on_disk = {p.name for p in folder.glob("*.jpg")}
+    if listed != on_disk:
+        raise SystemExit(f"{folder}: images on disk and in {COCO_FILE} differ")
+    for ann in doc["annotations"]:
+        w, h = sizes[ann["image_id"]]
+        for part in ann["segmentation"]:
+            xs, ys = part[0::2], part[1::2]
+            if len(part) < 6 or len(part) % 2 or not (min(xs) >= 0 and max(xs) <= w):
+                raise SystemExit(f"{COCO_FILE}: annotation {ann['id']} has a bad polygon")
+            if not (min(ys) >= 0 and max(ys) <= h):
+                raise SystemExit(f"{COCO_FILE}: annotation {ann['id']} has a polygon outside its image")
+    groups: dict[str, int] = {}
+    for name in listed:
+        groups[photo_of(name)] = groups.get(photo_of(name), 0) + 1
+    if any(count > 2 for count in groups.values()):
+        raise SystemExit(f"{TWIN_PATTERN!r} puts more than two images in one photo")
+
+
 def verify(out: Path) -> None:
     """Re-open every output image and check every VOC box lies inside its image."""
     for path in sorted(out.rglob("*.jpg")):
@@ -282,7 +452,7 @@ def verify(out: Path) -> None:
             if im.format != "JPEG" or im.mode != "RGB" or im.getexif():
                 raise SystemExit(f"{path}: unexpected format/mode/EXIF")
     for xml_path in sorted((out / "detect" / "Annotations").glob("*.xml")):
-        ann = DET.parse(xml_path).getroot()
+        ann = voc_root(xml_path)
         jpg = out / "detect" / "JPEGImages" / ann.findtext("filename", "")
         with Image.open(jpg) as im:
             w, h = im.size
@@ -313,10 +483,16 @@ def write_readme(out: Path, report: Report, quality: int) -> None:
     }
     kb_cls = dir_bytes(out / "classify") / 1000
     kb_det = dir_bytes(out / "detect") / 1000
+    kb_seg = dir_bytes(out / "segment") / 1000
+    n_seg = sum(r["output"].startswith("segment/") for r in report.rows)
+    per_class = ", ".join(
+        f"{name} {n}" for name, n in sorted(report.seg_classes.items(), key=lambda kv: -kv[1])
+    )
+    c = report.candidates
     skipped = "\n".join(f"- `{src}`: {why}" for src, why in report.skipped) or "- none"
     text = f"""# Demo datasets
 
-Small subsets of two public datasets, so that the pipeline, its tests and its tutorials can
+Small subsets of three public datasets, so that the pipeline, its tests and its tutorials can
 run without downloading anything. They are derived data: do not edit them by hand.
 Regenerate them from the shared public copies (`../shared/datasets/`) with
 
@@ -379,6 +555,35 @@ no randomness) and checks every source file against the source `MANIFEST.sha256`
   absolute `<path>` is removed, and every object is named `{DETECT_CLASS}` (`pose`,
   `truncated`, `difficult` are copied).
 
+## `segment/`: building facades (semantic segmentation, COCO polygons)
+
+- Layout: a Roboflow-style COCO export pooled into one folder: `segment/*.jpg` and
+  `segment/{COCO_FILE}` ({n_seg} images, {report.n_shapes} polygon annotations,
+  {len(report.seg_classes)} classes). About {kb_seg:.0f} kB. Use it with
+  `data.source: data/demo/segment`, `data.format: coco`, `data.task: segment`.
+- Source: `facade_seg` (shared copy: every image already halved to 512 px by its curator),
+  exported from roboflow.ai on 2023-07-11 from GitHub `{FACADE_REPO}`.
+- Licence: **CC BY 4.0** (https://creativecommons.org/licenses/by/4.0/, stated in the COCO
+  `licenses` block, kept in `{COCO_FILE}`). Attribution: a-hwang,
+  building-facade-segmentation (GitHub `{FACADE_REPO}`), via Roboflow; images downscaled
+  and subset here (changes listed below).
+- Selection: the vendor's `train/`, `valid/` and `test/` pooled ({c["segment"]} images of
+  {c["segment/photos"]} photos). A photo is the file name before `_scaled_<n>_`; {c["segment/twins"]} photos
+  come as two images (`_scaled_0`, `_scaled_1`: overlapping left and right crops of one
+  shot), and the vendor split puts the two halves of {c["segment/twins_split"]} of them on different sides.
+  Photos sorted by that key; {SEGMENT_TWIN_PHOTOS} evenly spaced picks among the two-image photos
+  (both images kept) and {SEGMENT_SINGLE_PHOTOS} among the one-image photos. The vendor split is
+  dropped: the split stage makes its own, and keeps both halves of a photo on one side with
+  `split.groups: {{rule: regex, pattern: '{TWIN_PATTERN}'}}`
+  ({report.twin_photos} photos in the demo have two images).
+- Annotations per class: {per_class}.
+- Transformations: downscaled with Lanczos so the longer side is {SEGMENT_LONG_SIDE} px, saved as
+  baseline JPEG quality {quality} with `optimize=True`, no EXIF/ICC; file names kept. The
+  COCO file keeps the export's `info`, `licenses` and `categories` (including Roboflow's
+  unused placeholder category 0 `facade`, which ingest skips), renumbers image and
+  annotation ids, and scales every polygon vertex, `bbox` and `area` by the image's factor
+  (coordinates rounded to 3 decimals, clipped to the image).
+
 ## Source files skipped
 
 {skipped}
@@ -387,13 +592,13 @@ no randomness) and checks every source file against the source `MANIFEST.sha256`
 
 
 def main() -> None:
-    """Parse arguments, rebuild ``classify/`` and ``detect/``, write README and sources.csv."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Parse arguments, rebuild ``classify/``, ``detect/`` and ``segment/``, write README and sources.csv."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--shared",
         type=Path,
         default=REPO_ROOT / "../shared/datasets",
-        help="folder holding hymenoptera/ and raccoon_voc/ (default: ../shared/datasets)",
+        help="folder holding hymenoptera/, raccoon_voc/ and facade_seg/ (default: ../shared/datasets)",
     )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "data/demo", help="output folder (data/demo)")
     parser.add_argument("--quality", type=int, default=JPEG_QUALITY, help="JPEG quality")
@@ -401,7 +606,7 @@ def main() -> None:
     shared: Path = args.shared.resolve()
     out: Path = args.out.resolve()
 
-    for sub in ("classify", "detect"):  # this script owns these folders: start clean
+    for sub in ("classify", "detect", "segment"):  # this script owns these folders: start clean
         if (out / sub).exists():
             shutil.rmtree(out / sub)
     out.mkdir(parents=True, exist_ok=True)
@@ -409,7 +614,9 @@ def main() -> None:
     report = Report()
     make_classify(shared / "hymenoptera", out, args.quality, report)
     make_detect(shared / "raccoon_voc", out, args.quality, report)
+    make_segment(shared / "facade_seg", out, args.quality, report)
     verify(out)
+    verify_segment(out)
 
     with (out / "sources.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(report.rows[0]), lineterminator="\n")
@@ -417,9 +624,10 @@ def main() -> None:
         writer.writerows(report.rows)
     write_readme(out, report, args.quality)
 
-    for sub in ("classify/ants", "classify/bees", "detect/JPEGImages", "detect/Annotations"):
+    for sub in ("classify/ants", "classify/bees", "detect/JPEGImages", "detect/Annotations", "segment"):
         print(f"{sub}: {sum(1 for _ in (out / sub).iterdir())} files")
-    print(f"boxes: {report.n_boxes}; total: {dir_bytes(out) / 1e6:.2f} MB")
+    print(f"boxes: {report.n_boxes}; polygons: {report.n_shapes}; total: {dir_bytes(out) / 1e6:.2f} MB")
+    print(f"segment: {dir_bytes(out / 'segment') / 1e6:.2f} MB; annotations per class: {report.seg_classes}")
     for src, why in report.skipped:
         print(f"skipped {src}: {why}")
 

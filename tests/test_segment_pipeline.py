@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 DEMO = "data/demo/segment"
 # The vendor's scaled twins (`<photo>_scaled_0_png_jpg.rf.<hash>.jpg`, `..._scaled_1_...`) are one
 # photo: the group rule keeps them on one side (README "Semantic segmentation").
-PHOTO_GROUP = r"(?P<group>.+)_scaled_\d"
+PHOTO_GROUP = r"(?P<group>[^/]+)_scaled_\d+_"
 
 
 def segment_params() -> dict:
