@@ -454,11 +454,11 @@ def report_summary(report: str, root: Path, layout: Layout, params: Params, sect
                 break
         if not line.startswith("!["):
             lines.append(line)
-    detect = params.data.task == "detect"
+    model = {"detect": layout.detector, "segment": layout.segmenter}.get(params.data.task, layout.classifier)
     files = [
         ("full report", layout.report),
         ("metrics", layout.metrics),
-        ("model", layout.detector if detect else layout.classifier),
+        ("model", model),
         ("figures", layout.figures_dir),
         ("training curves (DVCLive)", layout.train_log_dir),
     ]

@@ -5,7 +5,9 @@ model needs one class per pixel. Where shapes overlap, the one drawn later wins,
 order decides (``train.segmenter.draw_order``): ``area`` draws larger shapes first, so a
 window stays on top of its facade; ``z_order`` follows the labelling tool's layer order
 (ties: file order). Index 0 is background (no shape covers the pixel), ``IGNORE_INDEX``
-marks pixels neither loss nor metrics may count: a shape whose class is not a model class.
+marks pixels neither loss nor metrics may count: a shape whose class is not a model class,
+and an ``IGNORE_REGION`` shape (pixels the source itself marks "ignore", e.g. value 255 of a
+mask PNG), which is drawn last so no draw order can paint a class over it.
 
 ``MaskStore`` rasterises a mask once and keeps it as a PNG under ``paths.cache/masks``, keyed
 by this module's code digest, the image's sha256, its shapes, the class list and the draw
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from stages.dataprep.shapes import polygon_mask, rle_decode
+from stages.dataprep.shapes import IGNORE_REGION, polygon_mask, rle_decode
 
 IGNORE_INDEX = 255
 BACKGROUND = "background"
@@ -35,13 +37,14 @@ _KEY_COLUMNS = ("class_name", "kind", "points", "counts", "z_order")
 def segment_classes(classes: list[str]) -> list[str]:
     """The model's classes: background first (index 0), then the dataset's classes in their order.
 
-    Idempotent: a list that already starts with background comes back unchanged.
+    Idempotent: a list that already starts with background comes back unchanged. The
+    reserved ``IGNORE_REGION`` is never a model class.
 
     Examples:
         >>> segment_classes(["wall", "window"])
         ['background', 'wall', 'window']
     """
-    return [BACKGROUND, *(c for c in classes if c != BACKGROUND)]
+    return [BACKGROUND, *(c for c in classes if c not in (BACKGROUND, IGNORE_REGION))]
 
 
 def shape_mask(row: dict, height: int, width: int) -> np.ndarray:
@@ -59,10 +62,14 @@ def rasterise(
 ) -> np.ndarray:
     """One image's shapes as a uint8 class map: 0 background, later-drawn shapes on top.
 
+    ``IGNORE_REGION`` shapes (pixels the source marks "ignore") paint ``IGNORE_INDEX`` and are
+    drawn last, whatever ``draw_order`` says: the source's own "do not count" wins over any class.
+
     Args:
         shapes: that image's rows of ``shapes.parquet`` (polygon ``points`` or RLE ``counts``).
         height, width: the image's size (pixels of the displayed image, as the shapes).
-        class_index: model class name -> index; a shape of another class paints ``IGNORE_INDEX``.
+        class_index: model class name -> index; a shape of another class (and ``IGNORE_REGION``)
+            paints ``IGNORE_INDEX``.
         draw_order: ``area`` (larger first, smaller on top) or ``z_order`` (ascending; ties: row order).
 
     Examples:
@@ -80,8 +87,10 @@ def rasterise(
     masks = [shape_mask(r, height, width).astype(bool) for r in records]
     by_area = draw_order == "area"
     keys = [-int(m.sum()) for m in masks] if by_area else [int(r["z_order"]) for r in records]
-    for i in sorted(range(len(records)), key=lambda i: (keys[i], i)):  # stable: ties keep row order
-        out[masks[i]] = class_index.get(str(records[i]["class_name"]), IGNORE_INDEX)
+    names = [str(r["class_name"]) for r in records]
+    last = [name == IGNORE_REGION for name in names]  # the source's "ignore" goes on top of everything
+    for i in sorted(range(len(records)), key=lambda i: (last[i], keys[i], i)):  # stable: ties keep row order
+        out[masks[i]] = IGNORE_INDEX if last[i] else class_index.get(names[i], IGNORE_INDEX)
     return out
 
 

@@ -3,7 +3,8 @@
 Runs in ingest beside the box conversion and uses the same frame decision (stored or
 displayed pixels, see ``importing.box_frame``). A bad shape is quarantined with its reason;
 a shape whose annotation gave no box also yields its tight box, so a polygon-only dataset
-trains a detector.
+trains a detector. An ``IGNORE_REGION`` shape (pixels a source marks "ignore") never does:
+it is no object, only pixels a semantic model must not count.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from stages.core.contracts import QuarantineEntry
 from stages.dataprep.formats.base import ShapeRecord, SourceItem
 from stages.dataprep.imaging import ImageHeader
 from stages.dataprep.shapes import (
+    IGNORE_REGION,
     clip_points,
     mask_box,
     orient_mask,
@@ -54,7 +56,7 @@ def convert_shapes(
         clipped += moved
         row |= {"image_id": image_id}
         rows.append(row)
-        if not shape.has_box and item.boxes is not None:
+        if not shape.has_box and item.boxes is not None and shape.class_name != IGNORE_REGION:
             corners = {k: row[k] for k in ("x_min", "y_min", "x_max", "y_max")}
             boxes.append(
                 {"image_id": image_id, "class_name": shape.class_name, **corners}

@@ -20,6 +20,9 @@ from shapely.validation import explain_validity
 Problem = tuple[str, str]  # (reason code, sentence tail)
 Box = tuple[float, float, float, float]
 _TOLERANCE = 1e-3  # px: float noise at the border is clipped without a word
+# The class of a region a source marks "ignore" (mask PNG value 255): kept as a shape so the
+# class map paints it IGNORE_INDEX; it is never a class, never yields a box, never an error.
+IGNORE_REGION = "__ignore__"
 
 
 def valid_polygons(polygons: Sequence[Sequence[float]]) -> list[bool]:

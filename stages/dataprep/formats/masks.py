@@ -1,11 +1,13 @@
 """Mask PNG folders: ``images/`` + ``masks/`` with the same stem, pixel value = class index.
 
 ``classes.txt`` names the values, one per line from 0; a class called ``background`` (or
-``_background_``) is not a region. 255 is "ignore" (not a region, never an error). Each class
-present in a mask becomes one RLE shape (a semantic mask: touching objects of one class are
-one region); for ``data.task: detect`` its tight box is the box. ``images/<split>/`` +
-``masks/<split>/`` give a predefined split. An image without a mask is a background image;
-a mask without an image is quarantined.
+``_background_``) is not a region. Each class present in a mask becomes one RLE shape (a
+semantic mask: touching objects of one class are one region); for ``data.task: detect`` its
+tight box is the box. 255 is "ignore" (e.g. Pascal VOC's object borders), never an error: it
+becomes one RLE shape of the reserved class ``IGNORE_REGION``, which ``data.task: segment``
+paints 255 (neither loss nor metrics count it) and which is never a class and never a box.
+``images/<split>/`` + ``masks/<split>/`` give a predefined split. An image without a mask is a
+background image; a mask without an image is quarantined.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from stages.dataprep.formats.base import (
     rel,
     split_of,
 )
-from stages.dataprep.shapes import rle_encode
+from stages.dataprep.shapes import IGNORE_REGION, rle_encode
 
 STAGE = "ingest"
 IGNORE = 255
@@ -152,4 +154,8 @@ def _read_mask(
         for v in present
         if names[v].lower() not in _BACKGROUND
     )
+    ignored = values == IGNORE
+    if ignored.any():  # read as it is: the pixels stay "ignore", not background
+        where = f"{mask_rel} value {IGNORE} (ignore)"
+        shapes += (ShapeRecord(IGNORE_REGION, where, counts=rle_encode(ignored), mask_size=(height, width)),)
     return shapes, (width, height)
