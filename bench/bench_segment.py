@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import stages  # noqa: F401  (offline environment)
 from bench.common import REPO_ROOT, SHARED_DATASETS, markdown_table, write_section
 from stages import augment, evaluate, ingest, split, train, validate
@@ -201,6 +203,37 @@ def prepare_split(params: Params) -> dict[str, Any]:
     }
 
 
+def twin_breakdown(params: Params) -> dict[str, Any]:
+    """The run's test mIoU on the test images whose photo also has an image in train ("twinned":
+    the model saw the other half) and on the rest ("clean"): one model, one test set, so the gap
+    is the leak alone, not a harder or easier test set. From ``per_image.json`` (no rerun)."""
+    from stages.core.contracts import read_parquet
+    from stages.metrics.segmentation import bootstrap, from_sparse, headline_values
+
+    layout = Layout(params.paths)
+    frame = read_parquet(layout.manifest).merge(
+        read_parquet(layout.splits), on="image_id", suffixes=("_s", "")
+    )
+    train_photos = {photo_of(Path(p).name) for p in frame.loc[frame["split"] == "train", "path"]}
+    photo = {str(i): photo_of(Path(p).name) for i, p in zip(frame["image_id"], frame["path"], strict=True)}
+    document = json.loads((layout.metrics.parent / "per_image.json").read_text(encoding="utf-8"))
+    n = len(document["classes"])
+    out: dict[str, Any] = {}
+    for name, wanted in (("twinned", True), ("clean", False)):
+        chosen = [r for r in document["images"] if (photo[str(r["id"])] in train_photos) == wanted]
+        if not chosen:
+            continue
+        stack = np.stack([from_sparse(r["confusion"], n) for r in chosen])
+        low, high = bootstrap(stack, 1000, 0.95, 0)[0].get("miou", (None, None))
+        out[name] = {
+            "images": len(chosen),
+            "miou": float(headline_values(stack.sum(axis=0))["miou"]),
+            "miou_ci_low": low,
+            "miou_ci_high": high,
+        }
+    return out
+
+
 def train_and_score(params: Params) -> dict[str, Any]:
     """Train and evaluate one run; wall times, headline metrics and the per-class rows."""
     started = time.perf_counter()
@@ -245,6 +278,8 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for run in wanted[kind]:
             params = make_params(source, split_dir, split_dir / run, split_cfg, args, run)
             record = train_and_score(params)
+            if kind == "leaky":
+                record["twins"] = twin_breakdown(params)
             record |= {
                 "split": kind,
                 "run": run,
@@ -354,7 +389,19 @@ def render(results: dict[str, Any]) -> str:
         "`honour_predefined: false`, the vendor's fractions. Per-class IoU of the three classes with the "
         "most test pixels of the grouped split (background aside)."
     )
+    twins = []
+    for name in STRATEGIES:
+        found = runs.get(f"leaky/{name}", {}).get("twins") or {}
+        if {"twinned", "clean"} <= set(found):
+            t, c = found["twinned"], found["clean"]
+            twins.append(
+                f"- {LABELS[name]} trained on the vendor split, its own test set: the {t['images']} test "
+                f"images whose photo's other half is in train score {fmt_ci(t)}, the {c['images']} others "
+                f"{fmt_ci(c)} ({t['miou'] - c['miou']:+.3f}: what the leak adds, one model, one test set)."
+            )
     body = [intro, markdown_table(header, rows), "Splits:", "\n".join(facts)]
+    if twins:
+        body += ["Inside the leaky test set:", "\n".join(twins)]
     if pairs:
         body += ["Leaky vs grouped, same strategy:", "\n".join(pairs)]
     return "\n\n".join(body)

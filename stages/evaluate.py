@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from stages.core.cli import exit_with
-from stages.core.contracts import read_parquet, split_hash, write_json, write_parquet
+from stages.core.contracts import read_classes, read_parquet, split_hash, write_json, write_parquet
 from stages.core.errors import UserError
 from stages.core.layout import Layout
 from stages.core.params import EvaluateSection, Params
@@ -225,7 +225,7 @@ class SegmentEvaluateResult:
 def _evaluate_segmenter(params: Params) -> SegmentEvaluateResult:
     """Predict the held-out split with models/segmenter.pt; score every image's pixels against its
     rasterised shapes, streamed (one image's masks at a time, plus the worst few kept for the report)."""
-    from stages.dataprep.semantic_masks import MaskStore
+    from stages.dataprep.semantic_masks import MaskStore, segment_classes
     from stages.engine.device import resolve_device
     from stages.engine.segmentation.inference import predict_masks
     from stages.models.segmenters import load_segmenter
@@ -239,12 +239,13 @@ def _evaluate_segmenter(params: Params) -> SegmentEvaluateResult:
     ids = set(rows["image_id"].astype(str))
     shapes = read_parquet(layout.shapes)
     shapes = shapes[shapes["image_id"].astype(str).isin(ids)]
-    store = MaskStore(layout.mask_cache, shapes, classes, params.train.segmenter.draw_order)
-    if store.classes != classes:
+    data_classes = segment_classes(read_classes(layout.classes))
+    if data_classes != classes:
         raise UserError(
-            f"{layout.segmenter} was trained on classes {classes}, the data has {store.classes}; "
+            f"{layout.segmenter} was trained on classes {classes}, the data has {data_classes}; "
             "re-run train (dvc repro)."
         )
+    store = MaskStore(layout.mask_cache, shapes, classes, params.train.segmenter.draw_order)
     device = resolve_device(params.train.device)
     files = [params.data.source / p for p in rows["path"]]
     keep = max(0, params.report.mistakes)

@@ -37,7 +37,7 @@ def segment_params() -> dict:
     params["split"]["groups"] = {"rule": "regex", "pattern": PHOTO_GROUP}
     params["augment"]["preview"] = {"images": 2, "views": 1}
     params["train"].update(
-        {"strategy": "full", "epochs": 3, "batch_size": 8, "device": "cpu", "monitor": "val_miou"}
+        {"strategy": "full", "epochs": 3, "batch_size": 8, "device": "cpu"}  # monitor auto: val_miou
     )
     params["train"]["segmenter"].update({"decoder": "unet", "image_size": 64})
     params["evaluate"]["bootstrap"] = 100
@@ -97,7 +97,7 @@ def test_the_report_shows_the_overlays_and_the_model_card_the_task(project: tupl
     assert "segment" in card
 
 
-def test_export_parity_and_predict_give_back_the_scored_masks(project: tuple[Path, str], tmp_path: Path) -> None:
+def test_export_parity_and_predict_agree(project: tuple[Path, str], tmp_path: Path) -> None:
     root, _ = project
     report = json.loads((root / "reports" / "export.json").read_text(encoding="utf-8"))
     assert report["passed"] and report["task"] == "segment"

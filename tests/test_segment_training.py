@@ -23,6 +23,7 @@ from stages.core.contracts import image_id_from_sha256, manifest_frame, shapes_f
 from stages.core.errors import UserError
 from stages.core.layout import Layout
 from stages.core.params import Params
+from stages.dataprep.segment_preprocess import resize_mask, restore_mask, segment_input
 from stages.dataprep.semantic_masks import IGNORE_INDEX, MaskStore
 from stages.engine.segmentation.inference import predict_masks
 from stages.engine.segmentation.trainer import (
@@ -35,7 +36,6 @@ from stages.engine.strategies import apply_freeze, body_block_count, set_train_m
 from stages.metrics.segmentation import confusion, headline_values
 from stages.models.backbones import create_classifier
 from stages.models.segmenters import create_segmenter, encoder_of, load_segmenter
-from stages.dataprep.segment_preprocess import resize_mask, restore_mask, segment_input
 from tests.conftest import fast_params
 
 SIZE = 64
@@ -372,3 +372,15 @@ def test_refusals(tmp_path: Path) -> None:
     classify = fast_params(tmp_path, tmp_path / "source", train={"monitor": "val_miou"})
     with pytest.raises(UserError, match="val_miou"):
         train.run(classify)
+
+
+def test_monitor_auto_watches_val_miou_where_it_is_measured_and_val_loss_elsewhere() -> None:
+    from stages.engine.loop import EpochRecord, monitor_score
+
+    segment = EpochRecord(
+        3, "full", 0.5, val_loss=0.4, val_accuracy=0.9, lr=0.1, trainable_params=1, val_miou=0.7
+    )
+    classify = EpochRecord(3, "full", 0.5, val_loss=0.4, val_accuracy=0.9, lr=0.1, trainable_params=1)
+    assert monitor_score(segment, "auto") == -0.7
+    assert monitor_score(classify, "auto") == 0.4
+    assert monitor_score(segment, "val_loss") == 0.4

@@ -80,9 +80,12 @@ class FitResult:
 
 
 def monitor_score(record: EpochRecord, monitor: str) -> float:
-    """Lower is better; without a val split the latest epoch wins."""
+    """Lower is better; without a val split the latest epoch wins. ``auto``: val mIoU where the
+    validator measures it (segment), else val loss."""
     if record.val_loss is None:
         return -record.epoch
+    if monitor == "auto":
+        monitor = "val_miou" if record.val_miou is not None else "val_loss"
     if monitor == "val_miou":
         return -(record.val_miou or 0.0)
     return record.val_loss if monitor == "val_loss" else -(record.val_accuracy or 0.0)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.core.contracts import read_classes, read_parquet
+from stages.core.contracts import read_parquet
 from stages.core.errors import DataError, UserError
 from stages.core.layout import Layout
 from stages.core.params import Params
@@ -299,11 +299,9 @@ def _miou(
     from stages.dataprep.semantic_masks import MaskStore
     from stages.metrics import segmentation
 
+    # the model's own classes (background first), as evaluate draws the truth
     store = MaskStore(
-        layout.mask_cache,
-        read_parquet(layout.shapes),
-        read_classes(layout.classes),
-        params.train.segmenter.draw_order,
+        layout.mask_cache, read_parquet(layout.shapes), classes, params.train.segmenter.draw_order
     )
     keys = zip(rows["image_id"], rows["sha256"], rows["height"], rows["width"], strict=True)
     confusions = np.stack(
@@ -336,10 +334,14 @@ def segment_parity(
     same = sum(int((a == b).sum()) for a, b in zip(onnx, reference, strict=True))
     pixels = sum(a.size for a in onnx)
     miou_onnx = _miou(params, layout, rows, onnx, model.info.classes)
+    # PyTorch on the CPU, like onnxruntime: evaluate's number may come from a GPU, whose kernels
+    # can flip a boundary pixel; it is recorded beside them.
+    miou_pytorch = _miou(params, layout, rows, reference, model.info.classes)
     return {
-        "miou_pytorch": float(metrics["miou"]),
+        "miou_evaluate": float(metrics["miou"]),
+        "miou_pytorch": miou_pytorch,
         "miou_onnx": miou_onnx,
-        "miou_drop": float(metrics["miou"]) - miou_onnx,
+        "miou_drop": miou_pytorch - miou_onnx,
         "pixel_agreement": same / max(pixels, 1),
     }
 
@@ -376,6 +378,8 @@ def parity_failures(report: dict, params: Params) -> list[str]:
     elif report["task"] == "segment":
         if report["miou_drop"] > limits.max_miou_drop:
             failures.append(f"mIoU drop {report['miou_drop']:.4f} > {limits.max_miou_drop}")
+        if report["pixel_agreement"] < limits.min_pixel_agreement:
+            failures.append(f"pixel agreement {report['pixel_agreement']:.4f} < {limits.min_pixel_agreement}")
     elif report["map50_95_drop"] > limits.max_map_drop:
         failures.append(f"mAP50-95 drop {report['map50_95_drop']:.4f} > {limits.max_map_drop}")
     return failures

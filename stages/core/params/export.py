@@ -30,6 +30,12 @@ class ParitySection(Section):
         description="segment: largest mIoU drop of the ONNX model below PyTorch's (same images, same "
         "preprocessing) allowed.",
     )
+    min_pixel_agreement: float = Field(
+        default=0.999,
+        ge=0,
+        le=1,
+        description="segment: share of the evaluated pixels with the same class in ONNX and PyTorch.",
+    )
 
 
 class ExportSection(Section):

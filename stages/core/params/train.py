@@ -222,9 +222,10 @@ class TrainSection(Section):
     patience: int = Field(
         default=10, ge=1, description="Early stopping: epochs without improvement of monitor."
     )
-    monitor: Literal["val_loss", "val_accuracy", "val_miou"] = Field(
-        default="val_loss",
-        description="What early stopping and the best epoch watch; val_miou: segment only (pixel mIoU).",
+    monitor: Literal["auto", "val_loss", "val_accuracy", "val_miou"] = Field(
+        default="auto",
+        description="What early stopping and the best epoch watch; auto: val_miou for segment, val_loss "
+        "otherwise; val_miou: segment only (pixel mIoU); val_accuracy is pixel accuracy for segment.",
     )
     unfreeze_blocks: int = Field(
         default=2, ge=1, description="partial: body blocks (from the top) that train."

@@ -20,10 +20,11 @@ from stages.reporting.markdown import code, esc, figure_lines, num, short
 
 
 def worst(frame: pd.DataFrame, count: int) -> pd.DataFrame:
-    """The ``count`` images with the lowest mIoU (ties: lower pixel accuracy, then image id)."""
+    """The ``count`` images with the lowest mIoU (ties: image id), the order evaluate keeps their
+    masks in (``WorstImages``: rows by image id, ties keep the earlier)."""
     if frame.empty or "miou" not in frame:
         return frame.head(0)
-    ranked = frame.sort_values(["miou", "pixel_accuracy", "image_id"], na_position="first", kind="mergesort")
+    ranked = frame.sort_values(["miou", "image_id"], na_position="first", kind="mergesort")
     return ranked.head(count)
 
 
