@@ -224,7 +224,7 @@ def _segment_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real: bool = F
     import types
 
     from stages import evaluate
-    from stages.core.contracts import boxes_frame, manifest_frame, shapes_frame, write_parquet
+    from stages.core.contracts import boxes_frame, manifest_frame, shapes_frame, write_json, write_parquet
     from stages.core.layout import Layout
     from stages.dataprep.semantic_masks import rasterise, segment_classes
     from tests.conftest import fast_params, write_image
@@ -255,6 +255,7 @@ def _segment_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real: bool = F
     write_parquet(pd.DataFrame(splits), layout.splits)
     write_parquet(shapes_frame(shapes), layout.shapes)
     write_parquet(boxes_frame(boxes), layout.boxes)
+    write_json(list(SHAPE_CLASSES), layout.classes)  # ingest's class list (no background)
     classes = segment_classes(SHAPE_CLASSES)
     index = {c: i for i, c in enumerate(classes)}
     frame = shapes_frame(shapes)
