@@ -439,10 +439,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--render", action="store_true", help="only rewrite the docs from the results")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--name",
+        default="segment",
+        help="results in bench/results/<name>.json and their own docs section (a second budget)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    results_file = RESULTS.with_name(f"{args.name}.json")
+    section = SECTION if args.name == "segment" else f"{SECTION}: {args.name}"
     if args.render:
-        write_section(SECTION, render(json.loads(RESULTS.read_text(encoding="utf-8"))))
+        write_section(section, render(json.loads(results_file.read_text(encoding="utf-8"))))
         return
     config = {
         "epochs": args.epochs,
@@ -468,11 +475,11 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         print(render(results))
         return
-    results = merge(RESULTS, results)
+    results = merge(results_file, results)
     body = render(results)
     print(body)
     if not args.no_docs:
-        write_section(SECTION, body)
+        write_section(section, body)
 
 
 if __name__ == "__main__":
