@@ -57,6 +57,8 @@ def render_preview(
             present = [int(v) for v in np.unique(mask) if 0 < v < len(store.classes)]
             shown.update(present)
             row_label = ", ".join(store.classes[v] for v in present) or "background only"
+            if len(row_label) > 28:  # a rotated label longer than the row runs into its neighbours
+                row_label = f"{len(present)} classes (legend)"
         elif boxes is None:
             panels = [(image, None, None)] + [(augment_image(policy, image, s), None, None) for s in seeds]
             row_label = str(item["label"])
