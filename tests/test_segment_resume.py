@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from stages import augment, ingest, split, validate
 from stages.core.params import parse_params
 from tests.conftest import REPO_ROOT
 from tests.test_segment_pipeline import DEMO, segment_params
+from tests.test_strategies import _train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +39,6 @@ def _params_file(root: Path, source: Path) -> Path:
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return file
-
-
-def _train_cli(params_file: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "stages.train", "--params", str(params_file)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: SIGKILL reaches any child too
-    )
 
 
 def _segmenter_state(root: Path) -> dict[str, torch.Tensor]:

@@ -162,10 +162,12 @@ def export(params: Params) -> dict[str, Any]:
         "onnx_bytes": files.onnx.stat().st_size,
         "thresholds": params.export.parity.model_dump(mode="json"),
     }
+    truths: list[np.ndarray] = []  # segment: evaluate's class maps of these images
     if task == "classify":
         report |= classify_parity(params, layout, rows, images, onnx_model)
     elif task == "segment":
-        report |= segment_parity(params, layout, rows, images, onnx_model, metrics)
+        truths = _truths(params, layout, rows, info.classes)  # also scores the INT8 model below
+        report |= segment_parity(layout, images, truths, onnx_model, metrics)
     else:
         report |= detect_parity(params, layout, rows, images, onnx_model, metrics)
 
@@ -186,7 +188,7 @@ def export(params: Params) -> dict[str, Any]:
         if task == "classify":
             report["int8"] |= classify_int8(rows, images, int8_model, info, report)
         elif task == "segment":
-            found = _onnx_miou(params, layout, rows, images, int8_model)
+            found = _miou(truths, _onnx_masks(int8_model, images), len(info.classes))
             report["int8"] |= {"miou": found, "miou_change": found - report["miou_onnx"]}
         else:
             report["int8"] |= detect_int8(params, layout, rows, images, int8_model, report)
@@ -292,51 +294,49 @@ def _onnx_masks(model: OnnxPredictor, images: list) -> list[np.ndarray]:
     return [mask for i in range(0, len(images), BATCH) for mask in model.masks(images[i : i + BATCH])]
 
 
-def _miou(
-    params: Params, layout: Layout, rows: pd.DataFrame, masks: list[np.ndarray], classes: list[str]
-) -> float:
-    """The mIoU of ``masks`` against the truth evaluate scored them with (same masks, same metric)."""
+def _truths(params: Params, layout: Layout, rows: pd.DataFrame, classes: list[str]) -> list[np.ndarray]:
+    """The class maps evaluate scored ``rows`` against (the model's classes, background first; read
+    from the mask cache), drawn once for every model export compares."""
     from stages.dataprep.semantic_masks import MaskStore
-    from stages.metrics import segmentation
 
-    # the model's own classes (background first), as evaluate draws the truth
     store = MaskStore(
         layout.mask_cache, read_parquet(layout.shapes), classes, params.train.segmenter.draw_order
     )
     keys = zip(rows["image_id"], rows["sha256"], rows["height"], rows["width"], strict=True)
-    confusions = np.stack(
-        [
-            segmentation.confusion(store.mask(str(i), str(s), int(h), int(w)), mask, len(classes))
-            for (i, s, h, w), mask in zip(keys, masks, strict=True)
-        ]
-    )
-    return float(segmentation.headline_values(confusions.sum(axis=0))["miou"])
+    return [store.mask(str(i), str(s), int(h), int(w)) for i, s, h, w in keys]
 
 
-def _onnx_miou(
-    params: Params, layout: Layout, rows: pd.DataFrame, images: list, model: OnnxPredictor
-) -> float:
-    return _miou(params, layout, rows, _onnx_masks(model, images), model.info.classes)
+def _miou(truths: list[np.ndarray], masks: list[np.ndarray], num_classes: int) -> float:
+    """The mIoU of ``masks`` with evaluate's metric."""
+    from stages.metrics import segmentation
+
+    confusions = [segmentation.confusion(t, m, num_classes) for t, m in zip(truths, masks, strict=True)]
+    return float(segmentation.headline_values(np.sum(confusions, axis=0))["miou"])
 
 
 def segment_parity(
-    params: Params, layout: Layout, rows: pd.DataFrame, images: list, model: OnnxPredictor, metrics: dict
+    layout: Layout, images: list, truths: list[np.ndarray], model: OnnxPredictor, metrics: dict
 ) -> dict:
     import torch
 
-    from stages.engine.segmentation.inference import predict_masks
+    from stages.engine.segmentation.inference import predict_arrays
     from stages.models.segmenters import load_segmenter
 
     network, meta = load_segmenter(layout.segmenter)
-    files = [params.data.source / p for p in rows["path"]]
-    reference = list(predict_masks(network, meta, files, torch.device("cpu"), BATCH))
+    cpu = torch.device("cpu")
+    reference = [
+        mask
+        for i in range(0, len(images), BATCH)
+        for mask in predict_arrays(network, meta, [np.asarray(im) for im in images[i : i + BATCH]], cpu)
+    ]
     onnx = _onnx_masks(model, images)
     same = sum(int((a == b).sum()) for a, b in zip(onnx, reference, strict=True))
     pixels = sum(a.size for a in onnx)
-    miou_onnx = _miou(params, layout, rows, onnx, model.info.classes)
+    classes = len(model.info.classes)
+    miou_onnx = _miou(truths, onnx, classes)
     # PyTorch on the CPU, like onnxruntime: evaluate's number may come from a GPU, whose kernels
     # can flip a boundary pixel; it is recorded beside them.
-    miou_pytorch = _miou(params, layout, rows, reference, model.info.classes)
+    miou_pytorch = _miou(truths, reference, classes)
     return {
         "miou_evaluate": float(metrics["miou"]),
         "miou_pytorch": miou_pytorch,
